@@ -1,0 +1,3 @@
+from fintrace.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""Decide how a connection ended, from what the tracker recorded.
+
+:func:`classify` is a pure function of a finished
+:class:`~fintrace.tracker.Tracker`: it reads, never writes, and applies the
+rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
+
+1. ``refused``      never established, and the SYN's receiver answered with RST
+2. ``reset``        a RST ended it (``reset_phase``: handshake, established,
+                    closing, closed)
+3. ``simultaneous`` both sent a FIN, each before acknowledging the other's
+4. ``half_close``   the passive side sent new payload in or after the segment
+                    that acknowledged the active FIN
+5. ``piggybacked``  the passive side's first acknowledgement of the active FIN
+                    is its own FIN
+6. ``graceful``     the passive side acknowledged, then sent its FIN
+7. ``close_wait``   one FIN acknowledged, the other side never closed
+8. ``unacked_fin``  a FIN never acknowledged
+9. ``open``         established, no FIN, no RST
+10. ``attempt``     never established, no RST
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fintrace.model import CloseType, ResetPhase, Role, State
+from fintrace.tracker import Half, Tracker
+
+
+class Roles(NamedTuple):
+    client: Half
+    server: Half
+    inferred: bool
+
+    def of(self, half: Half | None) -> Role | None:
+        if half is None:
+            return None
+        return Role.CLIENT if half is self.client else Role.SERVER
+
+
+class Verdict(NamedTuple):
+    close_type: CloseType
+    active_closer: Role | None
+    reset_by: Role | None
+    reset_phase: ResetPhase | None
+    time_wait: Role | None
+    half_close_bytes: int
+    close_wait_s: float | None
+    stuck: bool
+    final_ack_seen: bool | None
+    fin_retransmits: int
+    one_sided: bool
+
+
+def port_of(half: Half) -> int:
+    key = half.key
+    i = 8 if len(key) == 12 else 32
+    return (key[i] << 8) | key[i + 1]
+
+
+def roles(conn: Tracker) -> Roles:
+    """Client and server as TEARDOWN.md defines them."""
+    a, b = conn.a, conn.b
+    if a.syn_frame or b.syn_frame:
+        if a.syn_frame and b.syn_frame:
+            # Simultaneous open: the earlier SYN is the client's.
+            first = a if a.syn_at <= b.syn_at else b
+            return Roles(first, first.peer, False)
+        client = a if a.syn_frame else b
+        return Roles(client, client.peer, False)
+    if a.synack_frame or b.synack_frame:
+        server = a if a.synack_frame else b
+        return Roles(server.peer, server, False)
+    pa, pb = port_of(a), port_of(b)
+    if pb < pa:
+        return Roles(a, b, True)
+    if pa < pb:
+        return Roles(b, a, True)
+    return Roles(a, b, True)
+
+
+def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
+             r: Roles | None = None) -> Verdict:
+    """The close type and its details; ``end_ts`` is when the capture ended."""
+    if r is None:
+        r = roles(conn)
+    a, b = conn.a, conn.b
+    one_sided = a.packets == 0 or b.packets == 0
+    fin_retx = max(0, a.fin_count - 1) + max(0, b.fin_count - 1)
+    active = conn.first_fin
+    passive = active.peer if active is not None else None
+    half_close_bytes = passive.half_close_bytes if passive is not None else 0
+    time_wait = _holders(r, State.TIME_WAIT)
+
+    def verdict(close_type: CloseType, *, active_closer: Role | None = None,
+                reset_by: Role | None = None, reset_phase: ResetPhase | None = None,
+                close_wait_s: float | None = None, stuck: bool = False,
+                final_ack_seen: bool | None = None) -> Verdict:
+        return Verdict(close_type, active_closer, reset_by, reset_phase, time_wait,
+                       half_close_bytes, close_wait_s, stuck, final_ack_seen, fin_retx,
+                       one_sided)
+
+    rst = conn.rst_from
+    if rst is not None:
+        if not conn.established:
+            peer = rst.peer
+            if peer.syn_frame and not rst.synack_frame and not rst.syn_frame:
+                return verdict(CloseType.REFUSED, active_closer=r.of(rst), reset_by=r.of(rst))
+            return verdict(CloseType.RESET, active_closer=r.of(active or rst),
+                           reset_by=r.of(rst), reset_phase=ResetPhase.HANDSHAKE)
+        return verdict(CloseType.RESET, active_closer=r.of(active or rst), reset_by=r.of(rst),
+                       reset_phase=ResetPhase(conn.rst_phase))
+
+    if active is not None and passive is not None and passive.fin_seq >= 0:
+        final_ack = bool(a.fin_acked_frame and b.fin_acked_frame)
+        # Rule 3: the passive side's FIN went out before it had acknowledged
+        # the active FIN (an acknowledgement in the FIN segment itself
+        # counts as before the FIN).
+        if not passive.acked_fin_at or passive.acked_fin_at > passive.fin_at:
+            return verdict(CloseType.SIMULTANEOUS, active_closer=Role.BOTH,
+                           final_ack_seen=final_ack)
+        wait = passive.fin_ts - passive.acked_fin_ts
+        if passive.half_close_bytes > 0:
+            kind = CloseType.HALF_CLOSE
+        elif passive.acked_fin_at == passive.fin_at:
+            kind = CloseType.PIGGYBACKED
+        else:
+            kind = CloseType.GRACEFUL
+        return verdict(kind, active_closer=r.of(active), close_wait_s=max(wait, 0.0),
+                       final_ack_seen=final_ack)
+
+    if active is not None and passive is not None:
+        if active.fin_acked_frame:
+            wait = max(end_ts - passive.acked_fin_ts, 0.0)
+            idle = end_ts - passive.last_ts if passive.packets else end_ts - active.fin_ts
+            return verdict(CloseType.CLOSE_WAIT, active_closer=r.of(active), close_wait_s=wait,
+                           stuck=idle >= stuck_after)
+        return verdict(CloseType.UNACKED_FIN, active_closer=r.of(active))
+    if conn.established:
+        return verdict(CloseType.OPEN)
+    return verdict(CloseType.ATTEMPT)
+
+
+def _holders(r: Roles, state: State) -> Role | None:
+    c = r.client.state is state
+    s = r.server.state is state
+    if c and s:
+        return Role.BOTH
+    if c:
+        return Role.CLIENT
+    if s:
+        return Role.SERVER
+    return None

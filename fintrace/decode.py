@@ -1,0 +1,521 @@
+"""Decode packet records into TCP segments.
+
+:func:`segments` turns the reader's records into one plain tuple per TCP
+segment (see :data:`Segment`). It has two paths that must agree exactly (a
+test runs both over every capture): a fast path, inline in the loop, for the
+shapes that make up nearly all traffic (Ethernet, Linux cooked and raw IP
+carrying an unfragmented IPv4 or IPv6 packet with TCP right after the IP
+header), and :func:`decode_packet`, the general path, for everything else:
+VLAN stacks of any depth, PPPoE, MPLS, BSD loopback, IPv4 options, IPv6
+extension headers, fragments, tunnels, ICMP errors quoting a TCP header, and
+all the ways a packet can be cut short or lie about its lengths.
+
+The flow key is the raw bytes ``src ip + dst ip + src port + dst port`` (12
+bytes for IPv4, 36 for IPv6): one slice, one dictionary lookup later.
+
+This module does not use dpkt's decoders: they stop at two VLAN tags, guess
+what follows an MPLS stack only for a 20-byte IPv4 header, and turn a
+malformed layer into an undecoded payload without saying why; fintrace must
+count every packet it cannot use under a precise reason.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Iterator
+
+from fintrace.model import SkipReason
+from fintrace.reader import Record
+from fintrace.reassembly import Reassembler
+
+#: ``(frame, ts, key, seq, ack, flags, payload_len, window, wscale)``.
+#: ``wscale`` is the window-scale option of a SYN, else -1. ``flags`` is the
+#: TCP flags byte, plus the ``COUNT_ONLY`` bits below for segments Wireshark
+#: files under a stream but whose header cannot drive the state machine.
+Segment = tuple[int, float, bytes, int, int, int, int, int, int]
+
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+#: A TCP header quoted inside an ICMP error message.
+QUOTED = 0x1000
+#: A TCP header whose data offset is below 5 words.
+BOGUS_HEADER = 0x2000
+#: A TCP header cut short (16 to 19 bytes: ports, numbers, flags and window).
+SHORT_HEADER = 0x4000
+COUNT_ONLY = QUOTED | BOGUS_HEADER | SHORT_HEADER
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LT_NULL = 0
+LT_ETHERNET = 1
+LT_RAW_12 = 12
+LT_RAW_14 = 14
+LT_LOOP = 108
+LT_RAW = 101
+LT_LINUX_SLL = 113
+LT_IPV4 = 228
+LT_IPV6 = 229
+LT_LINUX_SLL2 = 276
+LT_PPP = 9
+LT_PPP_HDLC = 50
+LT_C_HDLC = 104
+LT_IPOIB = 242
+SUPPORTED_LINKTYPES = frozenset(
+    {LT_NULL, LT_ETHERNET, LT_RAW_12, LT_RAW_14, LT_LOOP, LT_RAW, LT_LINUX_SLL,
+     LT_IPV4, LT_IPV6, LT_LINUX_SLL2, LT_PPP, LT_PPP_HDLC, LT_C_HDLC, LT_IPOIB}
+)
+
+ET_IPV4 = 0x0800
+ET_IPV6 = 0x86DD
+ET_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+ET_MPLS = frozenset({0x8847, 0x8848})
+ET_PPPOE_SESSION = 0x8864
+
+PROTO_TCP = 6
+IPV6_EXTENSIONS = frozenset({0, 43, 60, 135, 139, 140})
+IPV6_FRAGMENT = 44
+IPV6_AH = 51
+MAX_IPV6_EXTENSIONS = 16
+MAX_TUNNEL_DEPTH = 4
+VXLAN_PORT = 4789
+
+_u16 = struct.Struct(">H").unpack_from
+_u32 = struct.Struct(">I").unpack_from
+_ipv4 = struct.Struct(">BxHHHxB").unpack_from  # vihl, total, id, frag, proto
+_ipv6 = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
+_tcp = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
+_tcp_short = struct.Struct(">IIBBH").unpack_from
+
+# Fast path layouts, offsets from the start of the IP header.
+_F4 = struct.Struct(">BxH2xHxB10x4xIIBBH").unpack_from  # vihl,len,frag,proto,seq,ack,off,flags,win
+_F6 = struct.Struct(">4xHB33x4xIIBBH").unpack_from  # plen, nh, seq, ack, off, flags, win
+
+
+class Decoded:
+    """What :func:`decode_packet` found in one packet (general path only)."""
+
+    __slots__ = ("ack", "flags", "key", "payload_len", "seq", "window", "wscale")
+
+    def __init__(
+        self, key: bytes, seq: int, ack: int, flags: int, payload_len: int, window: int,
+        wscale: int,
+    ) -> None:
+        self.key = key
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.payload_len = payload_len
+        self.window = window
+        self.wscale = wscale
+
+
+def window_scale(opts: bytes) -> int:
+    """The shift count of a window-scale option in ``opts``, or -1."""
+    i = 0
+    n = len(opts)
+    while i < n:
+        kind = opts[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= n:
+            break
+        olen = opts[i + 1]
+        if olen < 2:
+            break
+        if kind == 3 and olen == 3 and i + 2 < n:
+            return min(opts[i + 2], 14)
+        i += olen
+    return -1
+
+
+# -- general path ---------------------------------------------------------------
+
+
+def decode_packet(
+    linktype: int, pkt: bytes, origlen: int, frags: Reassembler, frame: int
+) -> Decoded | SkipReason:
+    """Decode one packet (``pkt`` is exactly its captured bytes)."""
+    if linktype == LT_ETHERNET:
+        return _ethernet(pkt, 0, origlen, frags, frame, 0)
+    if linktype in (LT_RAW, LT_RAW_12, LT_RAW_14):
+        if not pkt:
+            return SkipReason.TRUNCATED_IP
+        v = pkt[0] >> 4
+        if v == 4:
+            return _ipv4_packet(pkt, 0, origlen, frags, frame, 0)
+        if v == 6:
+            return _ipv6_packet(pkt, 0, origlen, frags, frame, 0)
+        return SkipReason.NOT_IP
+    if linktype == LT_IPV4:
+        return _ipv4_packet(pkt, 0, origlen, frags, frame, 0)
+    if linktype == LT_IPV6:
+        return _ipv6_packet(pkt, 0, origlen, frags, frame, 0)
+    if linktype == LT_LINUX_SLL:
+        if len(pkt) < 16:
+            return SkipReason.TRUNCATED_LINK
+        return _ethertype(_u16(pkt, 14)[0], pkt, 16, origlen, frags, frame, 0)
+    if linktype == LT_LINUX_SLL2:
+        if len(pkt) < 20:
+            return SkipReason.TRUNCATED_LINK
+        return _ethertype(_u16(pkt, 0)[0], pkt, 20, origlen, frags, frame, 0)
+    if linktype == LT_IPOIB:
+        # 40 bytes of link addresses, the ethertype, 2 reserved bytes.
+        if len(pkt) < 44:
+            return SkipReason.TRUNCATED_LINK
+        return _ethertype(_u16(pkt, 40)[0], pkt, 44, origlen, frags, frame, 0)
+    if linktype == LT_C_HDLC:
+        if len(pkt) < 4:
+            return SkipReason.TRUNCATED_LINK
+        return _ethertype(_u16(pkt, 2)[0], pkt, 4, origlen, frags, frame, 0)
+    if linktype in (LT_PPP, LT_PPP_HDLC):
+        off = 2 if pkt[:2] == b"\xff\x03" else 0
+        if len(pkt) < off + 2:
+            return SkipReason.TRUNCATED_LINK
+        proto = _u16(pkt, off)[0]
+        if proto == 0x0021:
+            return _ipv4_packet(pkt, off + 2, origlen, frags, frame, 0)
+        if proto == 0x0057:
+            return _ipv6_packet(pkt, off + 2, origlen, frags, frame, 0)
+        return SkipReason.NOT_IP
+    if linktype in (LT_NULL, LT_LOOP):
+        if len(pkt) < 4:
+            return SkipReason.TRUNCATED_LINK
+        fam = pkt[0:4]
+        # The family is in the capturing host's byte order for NULL and in
+        # network order for LOOP; accept either, as Wireshark does.
+        value = int.from_bytes(fam, "little") if fam[0] else int.from_bytes(fam, "big")
+        if value == 2:
+            return _ipv4_packet(pkt, 4, origlen, frags, frame, 0)
+        if value in (10, 23, 24, 28, 30):
+            return _ipv6_packet(pkt, 4, origlen, frags, frame, 0)
+        return SkipReason.NOT_IP
+    return SkipReason.UNSUPPORTED_LINKTYPE
+
+
+def _ethernet(
+    pkt: bytes, off: int, origlen: int, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    if len(pkt) < off + 14:
+        return SkipReason.TRUNCATED_LINK
+    return _ethertype(_u16(pkt, off + 12)[0], pkt, off + 14, origlen, frags, frame, depth)
+
+
+def _ethertype(
+    et: int, pkt: bytes, off: int, origlen: int, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    n = len(pkt)
+    while et in ET_VLAN:
+        if n < off + 4:
+            return SkipReason.TRUNCATED_LINK
+        et = _u16(pkt, off + 2)[0]
+        off += 4
+    if et == ET_IPV4:
+        return _ipv4_packet(pkt, off, origlen, frags, frame, depth)
+    if et == ET_IPV6:
+        return _ipv6_packet(pkt, off, origlen, frags, frame, depth)
+    if et in ET_MPLS:
+        while True:
+            if n < off + 4:
+                return SkipReason.TRUNCATED_LINK
+            bottom = pkt[off + 2] & 1
+            off += 4
+            if bottom:
+                break
+        if n <= off:
+            return SkipReason.TRUNCATED_IP
+        v = pkt[off] >> 4
+        if v == 4:
+            return _ipv4_packet(pkt, off, origlen, frags, frame, depth)
+        if v == 6:
+            return _ipv6_packet(pkt, off, origlen, frags, frame, depth)
+        return SkipReason.NOT_IP
+    if et == ET_PPPOE_SESSION:
+        if n < off + 8:
+            return SkipReason.TRUNCATED_LINK
+        proto = _u16(pkt, off + 6)[0]
+        if proto == 0x0021:
+            return _ipv4_packet(pkt, off + 8, origlen, frags, frame, depth)
+        if proto == 0x0057:
+            return _ipv6_packet(pkt, off + 8, origlen, frags, frame, depth)
+        return SkipReason.NOT_IP
+    return SkipReason.NOT_IP
+
+
+def _ipv4_packet(
+    pkt: bytes, off: int, origlen: int, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    n = len(pkt)
+    if n < off + 20:
+        return SkipReason.TRUNCATED_IP
+    vihl, total, ident, frag, proto = _ipv4(pkt, off)
+    if vihl >> 4 != 4:
+        return SkipReason.BAD_IP_HEADER
+    ihl = (vihl & 15) * 4
+    if ihl < 20:
+        return SkipReason.BAD_IP_HEADER
+    if n < off + ihl:
+        return SkipReason.TRUNCATED_IP
+    reported = (origlen if origlen >= n else n) - off
+    if total == 0:
+        # TSO / BIG TCP: the stack left the length to the hardware.
+        total = reported
+    elif total < ihl:
+        return SkipReason.BAD_IP_HEADER
+    src = pkt[off + 12 : off + 16]
+    dst = pkt[off + 16 : off + 20]
+    if frag & 0x3FFF:
+        more = bool(frag & 0x2000)
+        foff = (frag & 0x1FFF) * 8
+        data = pkt[off + ihl : off + total]
+        whole = frags.add(b"4" + src + dst + bytes((proto,)) + ident.to_bytes(2, "big"),
+                          foff, data, more)
+        if whole is None:
+            return SkipReason.IP_FRAGMENT
+        if isinstance(whole, SkipReason):
+            return whole
+        return _transport(proto, src, dst, whole, 0, len(whole), len(whole), frags, frame, depth)
+    end = min(off + total, n)
+    return _transport(proto, src, dst, pkt, off + ihl, end, total - ihl, frags, frame, depth)
+
+
+def _ipv6_packet(
+    pkt: bytes, off: int, origlen: int, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    n = len(pkt)
+    if n < off + 40:
+        return SkipReason.TRUNCATED_IP
+    vtf, plen, nh = _ipv6(pkt, off)
+    if vtf >> 28 != 6:
+        return SkipReason.BAD_IP_HEADER
+    src = pkt[off + 8 : off + 24]
+    dst = pkt[off + 24 : off + 40]
+    p = off + 40
+    jumbo = plen == 0
+    for _ in range(MAX_IPV6_EXTENSIONS + 1):
+        if nh in IPV6_EXTENSIONS:
+            if n < p + 8:
+                return SkipReason.TRUNCATED_IP
+            hlen = (pkt[p + 1] + 1) * 8
+            if nh == 0 and jumbo:
+                j = _jumbo_length(pkt[p + 2 : p + hlen])
+                if j:
+                    plen = j
+            nh = pkt[p]
+            p += hlen
+        elif nh == IPV6_AH:
+            if n < p + 8:
+                return SkipReason.TRUNCATED_IP
+            hlen = (pkt[p + 1] + 2) * 4
+            nh = pkt[p]
+            p += hlen
+        elif nh == IPV6_FRAGMENT:
+            if n < p + 8:
+                return SkipReason.TRUNCATED_IP
+            nxt = pkt[p]
+            fo = _u16(pkt, p + 2)[0]
+            ident = pkt[p + 4 : p + 8]
+            p += 8
+            total = plen if plen else (origlen - off - 40 if origlen > off + 40 else n - off - 40)
+            end = min(off + 40 + total, n)
+            if end < p:
+                return SkipReason.BAD_IP_HEADER
+            whole = frags.add(b"6" + src + dst + ident, fo & 0xFFF8, pkt[p:end], bool(fo & 1))
+            if whole is None:
+                return SkipReason.IP_FRAGMENT
+            if isinstance(whole, SkipReason):
+                return whole
+            return _transport(nxt, src, dst, whole, 0, len(whole), len(whole), frags, frame,
+                              depth)
+        else:
+            break
+    else:
+        return SkipReason.IPV6_EXTENSION_CHAIN
+    if p > n:
+        return SkipReason.TRUNCATED_IP
+    if plen == 0:
+        plen = (origlen - off - 40) if origlen > off + 40 else n - off - 40
+    total_end = off + 40 + plen
+    if total_end < p:
+        return SkipReason.BAD_IP_HEADER
+    end = min(total_end, n)
+    return _transport(nh, src, dst, pkt, p, end, total_end - p, frags, frame, depth)
+
+
+def _jumbo_length(opts: bytes) -> int:
+    i = 0
+    while i + 1 < len(opts):
+        t = opts[i]
+        if t == 0:
+            i += 1
+            continue
+        ln = opts[i + 1]
+        if t == 0xC2 and ln == 4 and i + 6 <= len(opts):
+            return int(_u32(opts, i + 2)[0])
+        i += 2 + ln
+    return 0
+
+
+def _transport(
+    proto: int, src: bytes, dst: bytes, pkt: bytes, p: int, end: int, length: int,
+    frags: Reassembler, frame: int, depth: int,
+) -> Decoded | SkipReason:
+    """The layer above IP: TCP, or a tunnel or ICMP error that holds TCP."""
+    if proto == PROTO_TCP:
+        return _tcp_segment(src, dst, pkt, p, end, length, 0)
+    if depth >= MAX_TUNNEL_DEPTH:
+        return SkipReason.TUNNEL
+    if proto == 4:  # IPv4 in IP
+        return _ipv4_packet(pkt[:end], p, end, frags, frame, depth + 1)
+    if proto == 41:  # IPv6 in IP
+        return _ipv6_packet(pkt[:end], p, end, frags, frame, depth + 1)
+    if proto == 47:  # GRE
+        return _gre(pkt[:end], p, frags, frame, depth + 1)
+    if proto == 17 and end - p >= 16 and _u16(pkt, p + 2)[0] == VXLAN_PORT:
+        return _ethernet(pkt[:end], p + 16, end, frags, frame, depth + 1)
+    if proto in (1, 58):
+        return _icmp_error(proto, pkt[:end], p)
+    return SkipReason.NOT_TCP
+
+
+def _gre(pkt: bytes, p: int, frags: Reassembler, frame: int, depth: int) -> Decoded | SkipReason:
+    n = len(pkt)
+    if n < p + 4:
+        return SkipReason.NOT_TCP
+    flags, ptype = struct.unpack_from(">HH", pkt, p)
+    if flags & 0x0007:  # version 1 is PPTP's enhanced GRE: PPP, usually encrypted
+        return SkipReason.TUNNEL
+    p += 4 + 4 * (bool(flags & 0x8000) + bool(flags & 0x2000) + bool(flags & 0x1000))
+    if ptype == ET_IPV4:
+        return _ipv4_packet(pkt, p, n, frags, frame, depth)
+    if ptype == ET_IPV6:
+        return _ipv6_packet(pkt, p, n, frags, frame, depth)
+    if ptype == 0x6558:  # transparent Ethernet bridging
+        return _ethernet(pkt, p, n, frags, frame, depth)
+    return SkipReason.TUNNEL
+
+
+def _icmp_error(proto: int, pkt: bytes, p: int) -> Decoded | SkipReason:
+    """An ICMP error quoting a TCP header; Wireshark files it under that stream."""
+    n = len(pkt)
+    if n < p + 8:
+        return SkipReason.NOT_TCP
+    itype = pkt[p]
+    if proto == 1 and itype not in (3, 4, 5, 11, 12):
+        return SkipReason.NOT_TCP
+    if proto == 58 and itype not in (1, 2, 3, 4):
+        return SkipReason.NOT_TCP
+    q = p + 8
+    if proto == 1:
+        if n < q + 20 or pkt[q] >> 4 != 4:
+            return SkipReason.NOT_TCP
+        ihl = (pkt[q] & 15) * 4
+        if pkt[q + 9] != PROTO_TCP or ihl < 20 or _u16(pkt, q + 6)[0] & 0x1FFF:
+            return SkipReason.NOT_TCP
+        src, dst, t = pkt[q + 12 : q + 16], pkt[q + 16 : q + 20], q + ihl
+    else:
+        if n < q + 40 or pkt[q] >> 4 != 6 or pkt[q + 6] != PROTO_TCP:
+            return SkipReason.NOT_TCP
+        src, dst, t = pkt[q + 8 : q + 24], pkt[q + 24 : q + 40], q + 40
+    if n < t + 16:
+        return SkipReason.NOT_TCP
+    seq, ack, _offb, flags, win = _tcp_short(pkt, t + 4)
+    key = src + dst + pkt[t : t + 4]
+    return Decoded(key, seq, ack, flags | QUOTED, 0, win, -1)
+
+
+def _tcp_segment(
+    src: bytes, dst: bytes, pkt: bytes, t: int, end: int, length: int, extra: int
+) -> Decoded | SkipReason:
+    avail = end - t
+    if avail < 16:
+        return SkipReason.TRUNCATED_TCP
+    key = src + dst + pkt[t : t + 4]
+    seq, ack, offb, flags, win = _tcp(pkt, t + 4)
+    hlen = (offb >> 4) * 4
+    if avail < 20:
+        return Decoded(key, seq, ack, flags | SHORT_HEADER | extra, 0, win, -1)
+    if hlen < 20:
+        return Decoded(key, seq, ack, flags | BOGUS_HEADER | extra, 0, win, -1)
+    plen = length - hlen
+    if plen < 0:
+        return Decoded(key, seq, ack, flags | BOGUS_HEADER | extra, 0, win, -1)
+    ws = window_scale(pkt[t + 20 : min(t + hlen, end)]) if flags & SYN else -1
+    return Decoded(key, seq, ack, flags | extra, plen, win, ws)
+
+
+# -- the loop -------------------------------------------------------------------
+
+
+def segments(
+    records: Iterator[Record], skipped: Counter[str], frags: Reassembler,
+    frame_base: int = 0,
+) -> Iterator[Segment]:
+    """Every TCP segment of ``records``; what is not one is counted in ``skipped``.
+
+    Frames are numbered from ``frame_base + 1`` in record order.
+    """
+    f4 = _F4
+    f6 = _F6
+    frame = frame_base
+    for ts, buf, off, caplen, origlen, lt in records:
+        frame += 1
+        # Fast path: find the IP header for the common link types.
+        if lt == LT_ETHERNET:
+            ip = off + 14
+            if caplen >= 54 and buf[off + 12] == 8 and buf[off + 13] == 0:
+                ver = 4
+            elif caplen >= 74 and buf[off + 12] == 0x86 and buf[off + 13] == 0xDD:
+                ver = 6
+            else:
+                ver = 0
+        elif lt == LT_LINUX_SLL:
+            ip = off + 16
+            if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
+                ver = 4
+            elif caplen >= 76 and buf[off + 14] == 0x86 and buf[off + 15] == 0xDD:
+                ver = 6
+            else:
+                ver = 0
+        elif lt == LT_LINUX_SLL2:
+            ip = off + 20
+            if caplen >= 60 and buf[off] == 8 and buf[off + 1] == 0:
+                ver = 4
+            elif caplen >= 80 and buf[off] == 0x86 and buf[off + 1] == 0xDD:
+                ver = 6
+            else:
+                ver = 0
+        elif lt == LT_RAW or lt == LT_IPV4 or lt == LT_IPV6:
+            ip = off
+            ver = buf[off] >> 4 if caplen >= 40 else 0
+            if ver == 6 and caplen < 60:
+                ver = 0
+        else:
+            ip = off
+            ver = 0
+        hdr = ip - off
+        if ver == 4:
+            vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
+            # TCP right after a 20-byte header, not a fragment, lengths that
+            # add up inside the frame, no SYN (its options are read below).
+            if (vihl == 0x45 and proto == 6 and not frag & 0x3FFF and not flags & SYN
+                    and offb >= 0x50 and 40 <= total <= origlen - hdr):
+                plen = total - 20 - ((offb >> 4) << 2)
+                if plen >= 0:
+                    yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
+                    continue
+        elif ver == 6:
+            plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
+            if (nh == 6 and not flags & SYN and offb >= 0x50 and plen
+                    and plen + 40 <= origlen - hdr):
+                plen -= (offb >> 4) << 2
+                if plen >= 0:
+                    yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
+                    continue
+        # General path.
+        d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
+        if type(d) is Decoded:
+            yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
+        else:
+            skipped[d] += 1  # type: ignore[index]

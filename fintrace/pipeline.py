@@ -1,0 +1,330 @@
+"""Wire the steps together: read → decode → flow table → tracker → classify → aggregate.
+
+:func:`analyze` is the one core call the commands make. It returns a
+:class:`Run`: iterating :meth:`Run.connections` drives the whole pipeline
+and yields each :class:`~fintrace.model.Connection` as it finishes, so output
+can be written while the capture is still being read; afterwards
+:attr:`Run.captures` and :meth:`Run.summary` describe the whole run.
+"""
+
+from __future__ import annotations
+
+import gc
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fintrace import __version__
+from fintrace.aggregate import AggregateOptions, Aggregator
+from fintrace.classify import classify, roles
+from fintrace.decode import SUPPORTED_LINKTYPES, segments
+from fintrace.errors import FintraceError
+from fintrace.flowtable import FlowTable
+from fintrace.interop import community_id, zeek_conn_state
+from fintrace.model import (
+    NOT_A_LOSS,
+    Anomaly,
+    Connection,
+    Endpoint,
+    FileSpan,
+    Reuse,
+    Role,
+    SideCounts,
+    SideFrames,
+    SideStates,
+    SkipReason,
+    State,
+    Transition,
+)
+from fintrace.reader import CaptureFile, first_timestamp
+from fintrace.reassembly import Reassembler
+from fintrace.tracker import Half, Tracker
+
+SCHEMA_VERSION = "1.0"
+ONE_SIDED = str(Anomaly.ONE_SIDED)
+CLIENT = Role.CLIENT
+SERVER = Role.SERVER
+_tuple_new = tuple.__new__
+
+
+def new_transition(values: tuple[Role, State, int, float]) -> Transition:
+    return _tuple_new(Transition, values)  # type: ignore[no-any-return]
+
+#: ``progress(bytes_done, bytes_total)``
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzeOptions:
+    """Everything a run depends on; the CLI builds one from its options."""
+
+    paths: tuple[str, ...]
+    separate: bool = False
+    stuck_after: float = 60.0
+    msl: float = 30.0
+    #: Seconds of packet time a finished connection stays in the table;
+    #: None means 2×MSL.
+    linger: float | None = None
+    numbering: str = "wireshark-4.0"
+    ephemeral_ports: int = 28232
+    #: Record every segment of these streams (of the first file), for ``show``.
+    trace_streams: frozenset[int] | None = None
+
+    @property
+    def linger_s(self) -> float:
+        return 2 * self.msl if self.linger is None else self.linger
+
+
+@dataclass(slots=True)
+class CaptureInfo:
+    """What one input file held; ``captures[]`` in the JSON document."""
+
+    file: str
+    format: str
+    compression: str | None
+    size_bytes: int
+    linktypes: list[int]
+    packets: int = 0
+    tcp_packets: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "format": self.format, "compression": self.compression,
+            "size_bytes": self.size_bytes, "linktypes": self.linktypes,
+            "packets": self.packets, "tcp_packets": self.tcp_packets,
+            "skipped": self.skipped, "truncated": self.truncated,
+            "warnings": self.warnings, "first_ts": self.first_ts, "last_ts": self.last_ts,
+        }
+
+
+class _FileStats:
+    """Counters the decode loop fills for one file."""
+
+    __slots__ = ("first_ts", "frames", "last_ts")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+
+
+def _counted(records: Iterator[tuple[float, bytes, int, int, int, int]],
+             stats: _FileStats) -> Iterator[tuple[float, bytes, int, int, int, int]]:
+    """Pass records through, noting how many and their time span."""
+    n = 0
+    ts = 0.0
+    try:
+        for rec in records:
+            if n == 0:
+                stats.first_ts = rec[0]
+            n += 1
+            ts = rec[0]
+            yield rec
+    finally:
+        stats.frames = n
+        if n:
+            stats.last_ts = ts
+
+
+def ip_text(raw: bytes) -> str:
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw)
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def endpoint(half: Half) -> Endpoint:
+    key = half.key
+    n = 4 if len(key) == 12 else 16
+    return Endpoint(ip_text(key[:n]), (key[2 * n] << 8) | key[2 * n + 1])
+
+
+class Run:
+    """One analysis; iterate :meth:`connections` once, then read the rest."""
+
+    def __init__(self, options: AnalyzeOptions, progress: Progress | None = None) -> None:
+        if not options.paths:
+            raise FintraceError("no capture files given")
+        self.options = options
+        self._progress = progress
+        self.aggregator = Aggregator(AggregateOptions(
+            msl=options.msl, ephemeral_ports=options.ephemeral_ports,
+            stuck_after=options.stuck_after))
+        self.captures: list[CaptureInfo] = []
+        self._files = self._open_all(options.paths)
+        self.traces: dict[int, Tracker] = {}
+        self._names: list[str] = []
+        self.end_ts = 0.0
+
+    def _open_all(self, paths: tuple[str, ...]) -> list[CaptureFile]:
+        files: list[CaptureFile] = []
+        try:
+            for p in paths:
+                files.append(CaptureFile(p))
+        except FintraceError:
+            for f in files:
+                f.close()
+            raise
+        if len(files) > 1 and not self.options.separate:
+            # Rotated ring buffers: analyse in the time order of first packets.
+            firsts = {}
+            for f in files:
+                t = first_timestamp(f.path)
+                firsts[f.path] = t if t is not None else float("-inf")
+            files.sort(key=lambda f: firsts[f.path])
+        return files
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self._files)
+
+    def connections(self) -> Iterator[Connection]:
+        """Run the pipeline; yield connections as they finish."""
+        gc_was_enabled = gc.isenabled()
+        # The hot loop allocates no cycles; collecting would only cost time.
+        gc.disable()
+        try:
+            if self.options.separate:
+                for f in self._files:
+                    table = self._table()
+                    yield from self._file(table, f, 0)
+                    yield from self._finish(table)
+            else:
+                table = self._table()
+                for i, f in enumerate(self._files):
+                    yield from self._file(table, f, i)
+                yield from self._finish(table)
+        finally:
+            for f in self._files:
+                f.close()
+            if gc_was_enabled:
+                gc.enable()
+
+    def _table(self) -> FlowTable:
+        o = self.options
+        return FlowTable(linger=o.linger_s, numbering=o.numbering, trace=o.trace_streams)
+
+    def _file(self, table: FlowTable, cap: CaptureFile, index: int) -> Iterator[Connection]:
+        info = CaptureInfo(cap.path, cap.format, cap.compression, cap.size, cap.linktypes)
+        self.captures.append(info)
+        self._names = [c.file for c in self.captures]
+        table.begin_file(index)
+        skipped: Counter[str] = Counter()
+        frags = Reassembler(skipped)
+        stats = _FileStats()
+        records = _counted(self._with_progress(cap), stats)
+        for conn in table.consume(segments(records, skipped, frags)):
+            yield self._connection(conn, table.now)
+        frags.finish()
+        info.packets = stats.frames
+        info.first_ts = stats.first_ts
+        info.last_ts = stats.last_ts
+        info.linktypes = list(cap.linktypes)
+        unsupported = [lt for lt in cap.linktypes if lt not in SUPPORTED_LINKTYPES]
+        if unsupported:
+            info.warnings.append(
+                "link type(s) " + ", ".join(map(str, unsupported)) + " are not decoded")
+        info.skipped = {str(k): v for k, v in sorted(skipped.items()) if v}
+        info.tcp_packets = info.packets - sum(info.skipped.values())
+        info.truncated = cap.truncated
+        info.warnings.extend(cap.warnings)
+        if stats.last_ts is not None:
+            self.end_ts = max(self.end_ts, stats.last_ts)
+
+    def _with_progress(self, cap: CaptureFile) -> Iterator[tuple[float, bytes, int, int, int,
+                                                               int]]:
+        if self._progress is None:
+            yield from cap.records()
+            return
+        done_before = sum(c.size_bytes for c in self.captures[:-1])
+        total = self.total_bytes
+        report = self._progress
+        step = 0
+        for rec in cap.records():
+            step += 1
+            if step >= 65536:
+                step = 0
+                report(done_before + cap.position(), total)
+            yield rec
+        report(done_before + cap.size, total)
+
+    def _finish(self, table: FlowTable) -> Iterator[Connection]:
+        end = table.now
+        for conn in table.finish():
+            yield self._connection(conn, end)
+
+    def _capture_name(self, index: int) -> str:
+        if self.options.separate:
+            return self.captures[-1].file
+        return self.captures[index].file
+
+    def _connection(self, conn: Tracker, end_ts: float) -> Connection:
+        r = roles(conn)
+        v = classify(conn, end_ts=end_ts, stuck_after=self.options.stuck_after, r=r)
+        client, server = r.client, r.server
+        ck = client.key
+        n = 4 if len(ck) == 12 else 16
+        cport = (ck[2 * n] << 8) | ck[2 * n + 1]
+        sport = (ck[2 * n + 2] << 8) | ck[2 * n + 3]
+        if conn.anomalies is None:
+            anomalies: tuple[str, ...] = (ONE_SIDED,) if v.one_sided else ()
+        else:
+            anomalies = tuple(conn.anomalies) + ((ONE_SIDED,) if v.one_sided else ())
+        names = self._names
+        if len(conn.file_spans) == 1 and not self.options.separate:
+            s = conn.file_spans[0]
+            name = names[s[0]]
+            files: tuple[FileSpan, ...] = (
+                FileSpan(name, s[1], s[2], conn.last_frame, conn.packets),)
+        else:
+            files = tuple(FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4])
+                          for s in conn.spans())
+        transitions = tuple([
+            new_transition((CLIENT if h is client else SERVER, state, frame, ts))
+            for h, state, frame, ts in conn.transitions
+        ])
+        c = Connection(
+            conn.stream, files[0].capture,
+            Endpoint(ip_text(ck[:n]), cport), Endpoint(ip_text(ck[n:2 * n]), sport),
+            r.inferred, conn.first_frame, conn.last_frame, conn.first_ts, conn.last_ts,
+            conn.packets, SideCounts(client.bytes, server.bytes),
+            v.close_type, v.active_closer, v.reset_by, v.reset_phase, v.time_wait,
+            SideFrames(client.fin_frame or None, server.fin_frame or None),
+            (conn.rst_frame or None) if v.reset_by is not None else None,
+            v.half_close_bytes, v.close_wait_s, v.stuck, v.final_ack_seen, v.fin_retransmits,
+            SideStates(client.state, server.state),
+            transitions,
+            None if conn.reuse is None else Reuse(*conn.reuse),
+            anomalies,
+            community_id(ck[:n], ck[n:2 * n], cport, sport),
+            zeek_conn_state(conn),
+            files[-1].capture,
+            files,
+            conn.rst_lost if v.reset_by is not None else 0,
+        )
+        self.aggregator.add(c)
+        if conn.trace is not None:
+            self.traces[conn.stream] = conn
+        return c
+
+    def summary(self) -> dict[str, Any]:
+        return self.aggregator.summary()
+
+    def document_head(self) -> dict[str, Any]:
+        return {"fintrace_version": __version__, "schema_version": SCHEMA_VERSION}
+
+
+def analyze(options: AnalyzeOptions, progress: Progress | None = None) -> Run:
+    """Open every input (raising :class:`FintraceError` for a bad one) and return the run."""
+    return Run(options, progress)
+
+
+def skipped_loss(skipped: dict[str, int]) -> int:
+    """Packets skipped for a reason that is a loss (fragments that were used are not)."""
+    return sum(v for k, v in skipped.items() if SkipReason(k) not in NOT_A_LOSS)

@@ -1,0 +1,107 @@
+"""JSON document and JSON lines output (the public contract, TEARDOWN.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TextIO
+
+import orjson
+
+if TYPE_CHECKING:
+    from fintrace.model import Connection
+    from fintrace.pipeline import Run
+
+_dumps = orjson.dumps
+
+
+def connection_dict(c: Connection) -> dict[str, Any]:
+    """The connection as JSON data, field for field as TEARDOWN.md names them."""
+    (stream, capture, client, server, roles_inferred, first_frame, last_frame, first_ts,
+     last_ts, packets, payload, close_type, active_closer, reset_by, reset_phase, time_wait,
+     fin_frames, rst_frame, half_close_bytes, close_wait_s, stuck, final_ack_seen,
+     fin_retransmits, end_state, transitions, reused, anomalies, community_id, zeek,
+     last_capture, files, rst_lost_bytes) = c
+    return {
+        "stream": stream,
+        "capture": capture,
+        "client": {"ip": client[0], "port": client[1]},
+        "server": {"ip": server[0], "port": server[1]},
+        "roles_inferred": roles_inferred,
+        "first_frame": first_frame,
+        "last_frame": last_frame,
+        "first_ts": first_ts,
+        "last_ts": last_ts,
+        "packets": packets,
+        "payload_bytes": {"client": payload[0], "server": payload[1]},
+        "close_type": close_type,
+        "active_closer": active_closer,
+        "reset_by": reset_by,
+        "reset_phase": reset_phase,
+        "time_wait": time_wait,
+        "fin_frames": {"client": fin_frames[0], "server": fin_frames[1]},
+        "rst_frame": rst_frame,
+        "half_close_bytes": half_close_bytes,
+        "close_wait_s": close_wait_s,
+        "stuck": stuck,
+        "final_ack_seen": final_ack_seen,
+        "fin_retransmits": fin_retransmits,
+        "end_state": {"client": end_state[0], "server": end_state[1]},
+        "transitions": [{"side": side, "state": state, "frame": frame, "ts": ts}
+                        for side, state, frame, ts in transitions],
+        "reused_tuple": None if reused is None else {"previous_stream": reused[0],
+                                                     "gap_s": reused[1]},
+        "anomalies": anomalies,
+        "community_id": community_id,
+        "zeek_conn_state": zeek,
+        "last_capture": last_capture,
+        "files": [{"capture": f[0], "stream": f[1], "first_frame": f[2], "last_frame": f[3],
+                   "packets": f[4]} for f in files],
+        "rst_lost_bytes": rst_lost_bytes,
+    }
+
+
+def connection_json(conn: Connection) -> bytes:
+    return _dumps(connection_dict(conn))
+
+
+class JsonLinesRenderer:
+    """One connection object per line, written as each connection finishes."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def begin(self, run: Run) -> None:
+        pass
+
+    def connection(self, conn: Connection) -> None:
+        self.out.write(_dumps(connection_dict(conn)).decode())
+        self.out.write("\n")
+
+    def end(self, run: Run) -> None:
+        self.out.flush()
+
+
+class JsonRenderer:
+    """One document; connections are streamed into it as they finish."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.first = True
+
+    def begin(self, run: Run) -> None:
+        head = orjson.dumps(run.document_head()).decode()
+        self.out.write(head[:-1] + ',"connections":[')
+
+    def connection(self, conn: Connection) -> None:
+        if not self.first:
+            self.out.write(",\n")
+        else:
+            self.out.write("\n")
+            self.first = False
+        self.out.write(_dumps(connection_dict(conn)).decode())
+
+    def end(self, run: Run) -> None:
+        captures = [c.as_dict() for c in run.captures]
+        tail = {"captures": captures, "summary": run.summary()}
+        body = orjson.dumps(tail, option=orjson.OPT_NON_STR_KEYS).decode()
+        self.out.write("\n]," + body[1:] + "\n")
+        self.out.flush()

@@ -1,0 +1,394 @@
+"""Per-connection mechanics: the two sides' RFC 9293 states and what moved them.
+
+The tracker records; it does not judge. For every segment that is not a
+plain data segment of an established connection (those only move counters,
+on the flow table's fast path), :meth:`Tracker.segment` applies the
+transitions of ``../shared/TEARDOWN.md``:
+
+* a side that sends its FIN: ESTABLISHED → FIN_WAIT_1, CLOSE_WAIT → LAST_ACK;
+* a side that acknowledges the peer's FIN (ACK number ≥ FIN seq + 1, in
+  32-bit sequence space): ESTABLISHED → CLOSE_WAIT, FIN_WAIT_1 → CLOSING,
+  FIN_WAIT_2 → TIME_WAIT; and the FIN's sender FIN_WAIT_1 → FIN_WAIT_2,
+  CLOSING → TIME_WAIT, LAST_ACK → CLOSED;
+* a RST moves both sides to RESET and never acknowledges a FIN.
+
+Within one segment the acknowledgement is applied before the FIN. Every
+transition is kept with its frame and timestamp. :mod:`fintrace.classify`
+decides the close type from what is recorded here, once, at the end.
+"""
+
+from __future__ import annotations
+
+from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
+from fintrace.model import Anomaly, State
+
+M32 = 0xFFFFFFFF
+HALF = 0x80000000
+#: The largest window a peer can advertise (65535 << 14): the bound used to
+#: judge a RST or FIN whose window is not known.
+MAX_WINDOW = 65535 << 14
+
+SYN_SENT = State.SYN_SENT
+SYN_RECEIVED = State.SYN_RECEIVED
+ESTABLISHED = State.ESTABLISHED
+FIN_WAIT_1 = State.FIN_WAIT_1
+FIN_WAIT_2 = State.FIN_WAIT_2
+CLOSE_WAIT = State.CLOSE_WAIT
+CLOSING = State.CLOSING
+LAST_ACK = State.LAST_ACK
+TIME_WAIT = State.TIME_WAIT
+CLOSED = State.CLOSED
+RESET = State.RESET
+
+#: A side acknowledges its peer's FIN.
+_ON_ACKING_FIN = {ESTABLISHED: CLOSE_WAIT, FIN_WAIT_1: CLOSING, FIN_WAIT_2: TIME_WAIT,
+                  SYN_RECEIVED: CLOSE_WAIT}
+#: A side's own FIN is acknowledged by its peer.
+_ON_FIN_ACKED = {FIN_WAIT_1: FIN_WAIT_2, CLOSING: TIME_WAIT, LAST_ACK: CLOSED}
+#: A side sends its FIN.
+_ON_SENDING_FIN = {ESTABLISHED: FIN_WAIT_1, CLOSE_WAIT: LAST_ACK, SYN_RECEIVED: FIN_WAIT_1,
+                   SYN_SENT: FIN_WAIT_1}
+
+
+def covers(ack: int, seq_end: int) -> bool:
+    """True when ``ack`` is at or beyond ``seq_end`` in 32-bit sequence space."""
+    return (ack - seq_end) & M32 < HALF
+
+
+class Half:
+    """One side of a connection: what it sent and the state it is in."""
+
+    __slots__ = (
+        "acked", "acked_fin_at", "acked_fin_frame", "acked_fin_ts", "bytes", "conn",
+        "fin_acked_frame", "fin_at", "fin_count", "fin_frame", "fin_seq", "fin_ts",
+        "flags_seen", "half_close_bytes", "isn", "key", "syn_at",
+        "last_ts", "nxt", "packets", "peer", "state", "syn_frame", "synack_frame",
+        "win", "ws_base", "wscale",
+    )
+
+    def __init__(self, conn: Tracker, key: bytes) -> None:
+        self.conn = conn
+        self.key = key
+        self.peer: Half = self
+        self.ws_base = -1  # Wireshark's base_seq, for stream numbering
+        self.isn = -1
+        self.syn_frame = 0
+        self.syn_at = 0
+        self.synack_frame = 0
+        self.state: State | None = None
+        self.nxt = -1  # highest sequence number sent + 1
+        self.acked = -1  # highest acknowledgement number sent
+        self.win = -1
+        self.wscale = -1
+        self.bytes = 0
+        self.flags_seen = 0  # every flag this side ever sent (fast-path segments add none)
+        self.packets = 0
+        self.last_ts = 0.0
+        self.fin_seq = -1  # the sequence number the FIN occupies
+        self.fin_frame = 0
+        self.fin_ts = 0.0
+        self.fin_count = 0
+        self.fin_acked_frame = 0  # the peer acknowledged this side's FIN
+        self.acked_fin_frame = 0  # this side acknowledged the peer's FIN
+        self.acked_fin_ts = 0.0
+        # Order of events within the connection (its packet count at the
+        # time): frame numbers do not order events across files.
+        self.fin_at = 0
+        self.acked_fin_at = 0
+        self.half_close_bytes = 0
+
+    def window_bytes(self) -> int:
+        """The receive window this side last advertised, in bytes (or the maximum)."""
+        if self.win < 0:
+            return MAX_WINDOW
+        if self.wscale < 0:
+            # Without both SYNs the scale is unknown: assume the largest.
+            return max(self.win << 14, 65535)
+        return max(self.win << self.wscale, 65535)
+
+
+class Tracker:
+    """The mechanics of one connection (one Wireshark ``tcp.stream``)."""
+
+    __slots__ = (
+        "a", "anomalies", "b", "capture", "established", "file_spans", "first_fin",
+        "first_frame", "first_ts", "last_frame", "last_ts", "packets", "quiet", "reuse",
+        "rst_count", "rst_frame", "rst_from", "rst_lost", "rst_phase", "rst_ts",
+        "stream", "terminal", "trace", "transitions",
+    )
+
+    def __init__(self, stream: int, capture: int, key: bytes, rkey: bytes, frame: int,
+                 ts: float) -> None:
+        self.stream = stream
+        self.capture = capture
+        self.a = Half(self, key)  # sender of the first packet
+        self.b = Half(self, rkey)
+        self.a.peer = self.b
+        self.b.peer = self.a
+        self.first_frame = frame
+        self.first_ts = ts
+        self.last_frame = frame
+        self.last_ts = ts
+        self.packets = 0
+        self.quiet = False  # both sides ESTABLISHED: plain segments take the fast path
+        self.terminal = False  # RST seen, or both FINs acknowledged
+        self.established = False
+        self.transitions: list[tuple[Half, State, int, float]] = []
+        self.anomalies: dict[str, int] | None = None
+        self.first_fin: Half | None = None
+        self.rst_from: Half | None = None
+        self.rst_frame = 0
+        self.rst_ts = 0.0
+        self.rst_phase = ""
+        self.rst_lost = 0
+        self.rst_count = 0
+        self.reuse: tuple[int, float] | None = None
+        # Per file of a multi-file run: [capture index, stream, first frame,
+        # last frame, packets before this file]; the open span's last frame
+        # and packets are derived from the counters when it closes.
+        self.file_spans: list[list[int]] = [[capture, stream, frame, frame, 0]]
+        self.trace: list[tuple[int, float, Half, int, int, int, int, int,
+                               State | None, State | None]] | None = None
+
+    # -- recording helpers ----------------------------------------------------
+
+    def note(self, anomaly: Anomaly) -> None:
+        if self.anomalies is None:
+            self.anomalies = {}
+        self.anomalies[anomaly] = self.anomalies.get(anomaly, 0) + 1
+
+    def _move(self, half: Half, state: State, frame: int, ts: float) -> None:
+        if half.state is not state:
+            half.state = state
+            self.transitions.append((half, state, frame, ts))
+            if state is ESTABLISHED:
+                self.established = True
+
+    # -- the slow path ----------------------------------------------------------
+
+    def segment(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
+                plen: int, win: int, wscale: int) -> None:
+        """Apply one segment sent by side ``h``."""
+        self.packets += 1
+        self.last_frame = frame
+        self.last_ts = ts
+        h.packets += 1
+        h.last_ts = ts
+        h.flags_seen |= flags
+        self._apply(h, frame, ts, seq, ack, flags, plen, win, wscale)
+        if self.trace is not None:
+            self.trace.append((frame, ts, h, seq, ack, flags, plen, win,
+                               self.a.state, self.b.state))
+
+    def _apply(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
+               plen: int, win: int, wscale: int) -> None:
+        p = h.peer
+        if flags & COUNT_ONLY:
+            # An ICMP error quoting this connection, or a header that cannot
+            # be trusted: it belongs to the stream, but moves nothing.
+            self.note(Anomaly.ICMP_ERROR if flags & QUOTED else
+                      Anomaly.BAD_TCP_HEADER if flags & BOGUS_HEADER else
+                      Anomaly.TRUNCATED_TCP_HEADER)
+            return
+        if self.rst_from is not None:
+            if flags & RST:
+                self.rst_count += 1
+            else:
+                self.note(Anomaly.SEGMENT_AFTER_RST)
+            self._count_payload(h, seq, plen, flags)
+            return
+        h.win = win
+        if self.packets == 1 and not flags & SYN:
+            # The capture began mid-connection (or lost the handshake).
+            self.established = True
+            self.note(Anomaly.NO_HANDSHAKE)
+        if flags & SYN:
+            self._syn(h, frame, ts, seq, flags, wscale)
+        elif h.state is None and not flags & RST:
+            self._move(h, ESTABLISHED, frame, ts)
+        if flags & RST:
+            self._rst(h, frame, ts, seq, ack, flags, plen)
+            return
+        if flags & ACK:
+            self._ack(h, frame, ts, ack, flags)
+        new = self._count_payload(h, seq, plen, flags)
+        if new and p.fin_seq >= 0 and h.acked_fin_frame and self.first_fin is p and (
+                h.fin_seq < 0):
+            h.half_close_bytes += new
+        if flags & FIN:
+            self._fin(h, frame, ts, seq, plen, flags)
+        self.quiet = (self.trace is None and self.a.state is ESTABLISHED
+                      and self.b.state is ESTABLISHED)
+
+    def _syn(self, h: Half, frame: int, ts: float, seq: int, flags: int, wscale: int) -> None:
+        if wscale >= 0:
+            h.wscale = wscale
+        if flags & ACK:
+            if h.synack_frame == 0:
+                h.synack_frame = frame
+                if h.isn < 0:
+                    h.isn = seq
+                if h.state is None or h.state is SYN_SENT:
+                    if h.state is SYN_SENT:
+                        self.note(Anomaly.SIMULTANEOUS_OPEN)
+                    self._move(h, SYN_RECEIVED, frame, ts)
+        elif h.syn_frame == 0:
+            h.syn_frame = frame
+            h.syn_at = self.packets
+            h.isn = seq
+            if h.state is None:
+                self._move(h, SYN_SENT, frame, ts)
+            if h.peer.syn_frame:
+                self.note(Anomaly.SIMULTANEOUS_OPEN)
+        if flags & FIN:
+            self.note(Anomaly.SYN_FIN)
+        # The SYN occupies one sequence number.
+        end = (seq + 1) & M32
+        if h.nxt < 0 or (end - h.nxt) & M32 < HALF:
+            h.nxt = end
+
+    def _ack(self, h: Half, frame: int, ts: float, ack: int, flags: int) -> None:
+        """Side ``h`` acknowledges its peer's sequence space up to ``ack``."""
+        p = h.peer
+        if h.acked < 0 or (ack - h.acked) & M32 < HALF:
+            h.acked = ack
+        # The handshake: SYN_SENT learns of the SYN+ACK when it acknowledges
+        # it; SYN_RECEIVED is established when its SYN is acknowledged.
+        if h.state is SYN_SENT and not flags & SYN:
+            self._move(h, ESTABLISHED, frame, ts)
+        elif h.state is SYN_RECEIVED and p.state is ESTABLISHED and not flags & SYN:
+            self._move(h, ESTABLISHED, frame, ts)
+        if p.state is SYN_RECEIVED and (p.isn < 0 or covers(ack, (p.isn + 1) & M32)):
+            if h.state is SYN_SENT:
+                self._move(h, ESTABLISHED, frame, ts)
+            self._move(p, ESTABLISHED, frame, ts)
+        if p.fin_seq >= 0 and not p.fin_acked_frame and covers(ack, (p.fin_seq + 1) & M32):
+            p.fin_acked_frame = frame
+            h.acked_fin_frame = frame
+            h.acked_fin_ts = ts
+            h.acked_fin_at = self.packets
+            mine = _ON_ACKING_FIN.get(h.state) if h.state is not None else None
+            if mine is not None:
+                self._move(h, mine, frame, ts)
+            theirs = _ON_FIN_ACKED.get(p.state) if p.state is not None else None
+            if theirs is not None:
+                self._move(p, theirs, frame, ts)
+            if h.fin_seq >= 0 and h.fin_acked_frame:
+                self.terminal = True
+
+    def _fin(self, h: Half, frame: int, ts: float, seq: int, plen: int, flags: int) -> None:
+        p = h.peer
+        fseq = (seq + plen + (1 if flags & SYN else 0)) & M32
+        if h.fin_seq >= 0:
+            if fseq == h.fin_seq:
+                h.fin_count += 1
+            else:
+                self.note(Anomaly.FIN_SEQ_CHANGED)
+            return
+        # A FIN far outside the sequence space the peer expects is not
+        # trusted: a real stack would drop it.
+        ref = p.acked if p.acked >= 0 else -1
+        if ref >= 0:
+            ahead = (fseq - ref) & M32
+            behind = (ref - fseq) & M32
+            limit = p.window_bytes()
+            if ahead > limit and behind > limit:
+                self.note(Anomaly.FIN_OUT_OF_WINDOW)
+                return
+        h.fin_seq = fseq
+        h.fin_frame = frame
+        h.fin_ts = ts
+        h.fin_at = self.packets
+        h.fin_count = 1
+        if self.first_fin is None:
+            self.first_fin = h
+        if h.state is None:
+            self._move(h, ESTABLISHED, frame, ts)
+        nxt = _ON_SENDING_FIN.get(h.state) if h.state is not None else None
+        if nxt is not None:
+            self._move(h, nxt, frame, ts)
+        end = (fseq + 1) & M32
+        if h.nxt < 0 or (end - h.nxt) & M32 < HALF:
+            h.nxt = end
+
+    def _rst(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
+             plen: int) -> None:
+        p = h.peer
+        if not self._rst_acceptable(h, seq, ack, flags):
+            self.note(Anomaly.RST_OUT_OF_WINDOW)
+            return
+        if plen:
+            self.note(Anomaly.RST_WITH_DATA)
+            self._count_payload(h, seq, plen, flags)
+        if flags & FIN:
+            self.note(Anomaly.FIN_RST)
+        self.rst_from = h
+        self.rst_frame = frame
+        self.rst_ts = ts
+        self.rst_count = 1
+        if self.first_fin is None:
+            self.rst_phase = "established" if self.established else "handshake"
+        elif (self.a.fin_acked_frame and self.b.fin_acked_frame):
+            self.rst_phase = "closed"
+        else:
+            self.rst_phase = "closing"
+        # Data the peer sent that the RST's sender never acknowledged is lost.
+        if p.nxt >= 0 and h.acked >= 0:
+            pending = (p.nxt - h.acked) & M32
+            if 0 < pending < HALF:
+                self.rst_lost = pending - (1 if p.fin_seq >= 0 and not p.fin_acked_frame else 0)
+        elif p.bytes and h.acked < 0:
+            self.rst_lost = p.bytes
+        self._move(h, RESET, frame, ts)
+        if p.state is not None or p.packets:
+            self._move(p, RESET, frame, ts)
+        self.terminal = True
+        self.quiet = False
+
+    def _rst_acceptable(self, h: Half, seq: int, ack: int, flags: int) -> bool:
+        p = h.peer
+        if p.state is SYN_SENT and not h.synack_frame:
+            # Answering a SYN: acceptable when it acknowledges the SYN (RFC
+            # 9293 3.10.7.3), or carries no ACK at all (lenient, as captures
+            # of middleboxes show).
+            return not flags & ACK or p.isn < 0 or ack == (p.isn + 1) & M32
+        ref = p.acked if p.acked >= 0 else h.nxt
+        if ref < 0:
+            return True
+        limit = p.window_bytes()
+        return (seq - ref) & M32 <= limit or (ref - seq) & M32 <= limit
+
+    def _count_payload(self, h: Half, seq: int, plen: int, flags: int) -> int:
+        """Count new payload bytes (retransmissions excluded); return how many."""
+        if not plen:
+            return 0
+        start = (seq + (1 if flags & SYN else 0)) & M32
+        end = (start + plen) & M32
+        if h.nxt < 0:
+            h.nxt = end
+            h.bytes += plen
+            new = plen
+        else:
+            d = (end - h.nxt) & M32
+            if d == 0 or d >= HALF:
+                return 0
+            new = d if d < plen else plen
+            h.bytes += new
+            h.nxt = end
+        if h.fin_seq >= 0 and (end - h.fin_seq) & M32 < HALF and end != h.fin_seq:
+            self.note(Anomaly.DATA_AFTER_FIN)
+        return new
+
+    def open_span(self, capture: int, stream: int, frame: int) -> None:
+        """The connection's first packet in another file of a multi-file run."""
+        last = self.file_spans[-1]
+        last[3] = self.last_frame
+        last[4] = self.packets - last[4]
+        self.file_spans.append([capture, stream, frame, frame, self.packets])
+
+    def spans(self) -> list[tuple[int, int, int, int, int]]:
+        """(capture, stream, first frame, last frame, packets) per file."""
+        done = [(s[0], s[1], s[2], s[3], s[4]) for s in self.file_spans[:-1]]
+        last = self.file_spans[-1]
+        done.append((last[0], last[1], last[2], self.last_frame, self.packets - last[4]))
+        return done
