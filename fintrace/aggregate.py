@@ -103,7 +103,8 @@ class Aggregator:
         self.tw_holders: Counter[str] = Counter()
         self.tw_by_host: defaultdict[str, array[float]] = defaultdict(lambda: array("d"))
         self.tw_by_triple: defaultdict[tuple[str, str, int], array[float]] = defaultdict(
-            lambda: array("d"))
+            lambda: array("d")
+        )
         self.services: defaultdict[str, _Service] = defaultdict(_Service)
         self.fin_wait_2: Counter[str] = Counter()
         self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -168,35 +169,57 @@ class Aggregator:
         window = 2 * o.msl
         total = self.total
         close_types = {
-            k.value: {"count": self.close_types.get(k, 0),
-                      "share": (self.close_types.get(k, 0) / total) if total else 0.0}
+            k.value: {
+                "count": self.close_types.get(k, 0),
+                "share": (self.close_types.get(k, 0) / total) if total else 0.0,
+            }
             for k in CloseType
         }
-        by_host = []
+        by_host: list[dict[str, Any]] = []
         for host, starts in self.tw_by_host.items():
             peak, when = peak_overlap(starts, window)
-            by_host.append({"host": host, "connections": len(starts), "peak": peak,
-                            "peak_ts": when})
+            by_host.append(
+                {"host": host, "connections": len(starts), "peak": peak, "peak_ts": when}
+            )
         by_host.sort(key=lambda d: (-d["peak"], -d["connections"], d["host"]))
-        triples = []
+        triples: list[dict[str, Any]] = []
         for (cip, sip, sport), starts in self.tw_by_triple.items():
             peak, when = peak_overlap(starts, window)
-            triples.append({"client_ip": cip, "server_ip": sip, "server_port": sport,
-                            "peak": peak, "peak_ts": when,
-                            "share_of_ephemeral": peak / o.ephemeral_ports})
-        triples.sort(key=lambda d: (-d["peak"], d["client_ip"], d["server_ip"],
-                                    d["server_port"]))
-        stuck = []
-        spread = []
+            triples.append(
+                {
+                    "client_ip": cip,
+                    "server_ip": sip,
+                    "server_port": sport,
+                    "peak": peak,
+                    "peak_ts": when,
+                    "share_of_ephemeral": peak / o.ephemeral_ports,
+                }
+            )
+        triples.sort(key=lambda d: (-d["peak"], d["client_ip"], d["server_ip"], d["server_port"]))
+        stuck: list[dict[str, Any]] = []
+        spread: list[dict[str, Any]] = []
         for name, svc in self.services.items():
             if svc.stuck:
-                stuck.append({"service": name, "count": svc.stuck, "oldest_s": svc.oldest_s,
-                              "streams": svc.stuck_examples.as_dict()})
+                stuck.append(
+                    {
+                        "service": name,
+                        "count": svc.stuck,
+                        "oldest_s": svc.oldest_s,
+                        "streams": svc.stuck_examples.as_dict(),
+                    }
+                )
             if svc.waits:
                 w = sorted(svc.waits)
-                spread.append({"service": name, "count": len(w), "p50_s": percentile(w, 50),
-                               "p95_s": percentile(w, 95), "max_s": w[-1],
-                               "slow_streams": svc.slowest.as_dict()})
+                spread.append(
+                    {
+                        "service": name,
+                        "count": len(w),
+                        "p50_s": percentile(w, 50),
+                        "p95_s": percentile(w, 95),
+                        "max_s": w[-1],
+                        "slow_streams": svc.slowest.as_dict(),
+                    }
+                )
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
         spread.sort(key=lambda d: (-d["p95_s"], d["service"]))
         return {
@@ -204,8 +227,9 @@ class Aggregator:
             "first_ts": self.first_ts if total else None,
             "last_ts": self.last_ts if total else None,
             "close_types": close_types,
-            "active_closer": {r: self.active.get(r, 0)
-                              for r in ("client", "server", "both", "none")},
+            "active_closer": {
+                r: self.active.get(r, 0) for r in ("client", "server", "both", "none")
+            },
             "time_wait": {
                 "holders": {r: self.tw_holders.get(r, 0) for r in ("client", "server", "both")},
                 "msl_s": o.msl,
@@ -227,8 +251,11 @@ class Aggregator:
             "resets": {
                 "by_sender": {who: dict(phases) for who, phases in sorted(self.resets.items())},
                 "streams": self.reset_examples.as_dict(),
-                "lost_data": {"count": self.lost.total, "bytes": self.lost_bytes,
-                              "streams": self.lost.as_dict()},
+                "lost_data": {
+                    "count": self.lost.total,
+                    "bytes": self.lost_bytes,
+                    "streams": self.lost.as_dict(),
+                },
             },
             "anomalies": dict(self.anomalies.most_common()),
         }

@@ -21,10 +21,12 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fintrace.model import CloseType, ResetPhase, Role, State
-from fintrace.tracker import Half, Tracker
+
+if TYPE_CHECKING:
+    from fintrace.tracker import Half, Tracker
 
 
 class Roles(NamedTuple):
@@ -79,8 +81,9 @@ def roles(conn: Tracker) -> Roles:
     return Roles(a, b, True)
 
 
-def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
-             r: Roles | None = None) -> Verdict:
+def classify(
+    conn: Tracker, *, end_ts: float, stuck_after: float, r: Roles | None = None
+) -> Verdict:
     """The close type and its details; ``end_ts`` is when the capture ended."""
     if r is None:
         r = roles(conn)
@@ -92,13 +95,29 @@ def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
     half_close_bytes = passive.half_close_bytes if passive is not None else 0
     time_wait = _holders(r, State.TIME_WAIT)
 
-    def verdict(close_type: CloseType, *, active_closer: Role | None = None,
-                reset_by: Role | None = None, reset_phase: ResetPhase | None = None,
-                close_wait_s: float | None = None, stuck: bool = False,
-                final_ack_seen: bool | None = None) -> Verdict:
-        return Verdict(close_type, active_closer, reset_by, reset_phase, time_wait,
-                       half_close_bytes, close_wait_s, stuck, final_ack_seen, fin_retx,
-                       one_sided)
+    def verdict(
+        close_type: CloseType,
+        *,
+        active_closer: Role | None = None,
+        reset_by: Role | None = None,
+        reset_phase: ResetPhase | None = None,
+        close_wait_s: float | None = None,
+        stuck: bool = False,
+        final_ack_seen: bool | None = None,
+    ) -> Verdict:
+        return Verdict(
+            close_type,
+            active_closer,
+            reset_by,
+            reset_phase,
+            time_wait,
+            half_close_bytes,
+            close_wait_s,
+            stuck,
+            final_ack_seen,
+            fin_retx,
+            one_sided,
+        )
 
     rst = conn.rst_from
     if rst is not None:
@@ -106,10 +125,18 @@ def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
             peer = rst.peer
             if peer.syn_frame and not rst.synack_frame and not rst.syn_frame:
                 return verdict(CloseType.REFUSED, active_closer=r.of(rst), reset_by=r.of(rst))
-            return verdict(CloseType.RESET, active_closer=r.of(active or rst),
-                           reset_by=r.of(rst), reset_phase=ResetPhase.HANDSHAKE)
-        return verdict(CloseType.RESET, active_closer=r.of(active or rst), reset_by=r.of(rst),
-                       reset_phase=ResetPhase(conn.rst_phase))
+            return verdict(
+                CloseType.RESET,
+                active_closer=r.of(active or rst),
+                reset_by=r.of(rst),
+                reset_phase=ResetPhase.HANDSHAKE,
+            )
+        return verdict(
+            CloseType.RESET,
+            active_closer=r.of(active or rst),
+            reset_by=r.of(rst),
+            reset_phase=ResetPhase(conn.rst_phase),
+        )
 
     if active is not None and passive is not None and passive.fin_seq >= 0:
         final_ack = bool(a.fin_acked_frame and b.fin_acked_frame)
@@ -117,8 +144,9 @@ def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
         # the active FIN (an acknowledgement in the FIN segment itself
         # counts as before the FIN).
         if not passive.acked_fin_at or passive.acked_fin_at > passive.fin_at:
-            return verdict(CloseType.SIMULTANEOUS, active_closer=Role.BOTH,
-                           final_ack_seen=final_ack)
+            return verdict(
+                CloseType.SIMULTANEOUS, active_closer=Role.BOTH, final_ack_seen=final_ack
+            )
         wait = passive.fin_ts - passive.acked_fin_ts
         if passive.half_close_bytes > 0:
             kind = CloseType.HALF_CLOSE
@@ -126,15 +154,20 @@ def classify(conn: Tracker, *, end_ts: float, stuck_after: float,
             kind = CloseType.PIGGYBACKED
         else:
             kind = CloseType.GRACEFUL
-        return verdict(kind, active_closer=r.of(active), close_wait_s=max(wait, 0.0),
-                       final_ack_seen=final_ack)
+        return verdict(
+            kind, active_closer=r.of(active), close_wait_s=max(wait, 0.0), final_ack_seen=final_ack
+        )
 
     if active is not None and passive is not None:
         if active.fin_acked_frame:
             wait = max(end_ts - passive.acked_fin_ts, 0.0)
             idle = end_ts - passive.last_ts if passive.packets else end_ts - active.fin_ts
-            return verdict(CloseType.CLOSE_WAIT, active_closer=r.of(active), close_wait_s=wait,
-                           stuck=idle >= stuck_after)
+            return verdict(
+                CloseType.CLOSE_WAIT,
+                active_closer=r.of(active),
+                close_wait_s=wait,
+                stuck=idle >= stuck_after,
+            )
         return verdict(CloseType.UNACKED_FIN, active_closer=r.of(active))
     if conn.established:
         return verdict(CloseType.OPEN)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import click
 from rich.console import Console
@@ -23,6 +22,9 @@ from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
 from fintrace.pipeline import AnalyzeOptions, Run, analyze
 from fintrace.render import FORMATS, Renderer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ def _open_output(path: str | None) -> contextlib.AbstractContextManager[TextIO]:
     if path is None or path == "-":
         return contextlib.nullcontext(sys.stdout)
     try:
-        return open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        return open(path, "w", encoding="utf-8", newline="")
     except OSError as exc:
         raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
 
@@ -81,13 +83,22 @@ class Progress:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
-            Progress as Bar,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
+        from rich.progress import (
+            Progress as Bar,
+        )
 
-        self._bar = Bar("reading", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._bar = Bar(
+            "reading",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self._bar.__enter__()
         self._task = self._bar.add_task("read", total=None)
         return self.update
@@ -111,13 +122,19 @@ def make_renderer(fmt: str, out: TextIO, *, limit: int | None, color: bool | Non
         return JsonLinesRenderer(out)
     if fmt == "csv":
         return CsvRenderer(out)
-    console = Console(file=out, force_terminal=color, no_color=color is False,
-                      width=None if out.isatty() else 160)
+    console = Console(
+        file=out, force_terminal=color, no_color=color is False, width=None if out.isatty() else 160
+    )
     return TableRenderer(console, limit=limit)
 
 
-def run_analysis(options: AnalyzeOptions, renderer: Renderer, keep: Callable[[Connection], bool],
-                 *, progress: bool) -> Run:
+def run_analysis(
+    options: AnalyzeOptions,
+    renderer: Renderer,
+    keep: Callable[[Connection], bool],
+    *,
+    progress: bool,
+) -> Run:
     with Progress(progress) as report:
         run = analyze(options, report)
         renderer.begin(run)
@@ -153,35 +170,81 @@ def _errors(debug: bool) -> Iterator[None]:
 def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the commands that analyse captures."""
     opts = [
-        click.argument("captures", nargs=-1, required=True,
-                       type=click.Path(dir_okay=True, allow_dash=False)),
-        click.option("--separate", is_flag=True,
-                     help="Analyse each file on its own instead of as one continuous capture."),
-        click.option("--stuck-after", type=click.FloatRange(min=0), default=60.0,
-                     show_default=True, metavar="SECONDS",
-                     help="Idle time after which a CLOSE_WAIT counts as stuck."),
-        click.option("--msl", type=click.FloatRange(min=0, min_open=True), default=30.0,
-                     show_default=True, metavar="SECONDS",
-                     help="Maximum segment lifetime; TIME_WAIT lasts 2×MSL."),
-        click.option("--linger", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-                     help="Packet time a closed connection is kept for late segments "
-                          "[default: 2×MSL; 'inf' keeps all]."),
-        click.option("--numbering", type=click.Choice(NUMBERINGS), default=NUMBERINGS[0],
-                     show_default=True,
-                     help="Stream numbering rules: Wireshark 4.0's, or the contract's (also "
-                          "splitting at a SYN after FIN/RST, as newer Wireshark does)."),
-        click.option("--ephemeral-ports", type=click.IntRange(min=1), default=28232,
-                     show_default=True, help="Size of the clients' ephemeral port range."),
-        click.option("--close-type", "close_types", multiple=True,
-                     type=click.Choice([c.value for c in CloseType]),
-                     help="Only list connections of this close type (repeatable)."),
+        click.argument(
+            "captures", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=False)
+        ),
+        click.option(
+            "--separate",
+            is_flag=True,
+            help="Analyse each file on its own instead of as one continuous capture.",
+        ),
+        click.option(
+            "--stuck-after",
+            type=click.FloatRange(min=0),
+            default=60.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Idle time after which a CLOSE_WAIT counts as stuck.",
+        ),
+        click.option(
+            "--msl",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="Maximum segment lifetime; TIME_WAIT lasts 2×MSL.",
+        ),
+        click.option(
+            "--linger",
+            type=click.FloatRange(min=0),
+            default=None,
+            metavar="SECONDS",
+            help="Packet time a closed connection is kept for late segments "
+            "[default: 2×MSL; 'inf' keeps all].",
+        ),
+        click.option(
+            "--numbering",
+            type=click.Choice(NUMBERINGS),
+            default=NUMBERINGS[0],
+            show_default=True,
+            help="Stream numbering rules: Wireshark 4.0's, or the contract's (also "
+            "splitting at a SYN after FIN/RST, as newer Wireshark does).",
+        ),
+        click.option(
+            "--ephemeral-ports",
+            type=click.IntRange(min=1),
+            default=28232,
+            show_default=True,
+            help="Size of the clients' ephemeral port range.",
+        ),
+        click.option(
+            "--close-type",
+            "close_types",
+            multiple=True,
+            type=click.Choice([c.value for c in CloseType]),
+            help="Only list connections of this close type (repeatable).",
+        ),
         click.option("--stuck", is_flag=True, help="Only list stuck CLOSE_WAIT connections."),
-        click.option("--port", "ports", multiple=True, type=click.IntRange(0, 65535),
-                     help="Only list connections with this port on either side (repeatable)."),
-        click.option("--host", "hosts", multiple=True,
-                     help="Only list connections with this address or network on either side."),
-        click.option("--stream", "streams", multiple=True, type=click.IntRange(min=0),
-                     help="Only list this tcp.stream (repeatable)."),
+        click.option(
+            "--port",
+            "ports",
+            multiple=True,
+            type=click.IntRange(0, 65535),
+            help="Only list connections with this port on either side (repeatable).",
+        ),
+        click.option(
+            "--host",
+            "hosts",
+            multiple=True,
+            help="Only list connections with this address or network on either side.",
+        ),
+        click.option(
+            "--stream",
+            "streams",
+            multiple=True,
+            type=click.IntRange(min=0),
+            help="Only list this tcp.stream (repeatable).",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
@@ -190,18 +253,44 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def build_options(captures: tuple[str, ...], separate: bool, stuck_after: float, msl: float,
-                  linger: float | None, numbering: str, ephemeral_ports: int,
-                  trace: frozenset[int] | None = None) -> AnalyzeOptions:
-    return AnalyzeOptions(paths=tuple(captures), separate=separate, stuck_after=stuck_after,
-                          msl=msl, linger=linger, numbering=numbering,
-                          ephemeral_ports=ephemeral_ports, trace_streams=trace)
+def build_options(
+    *,
+    captures: tuple[str, ...],
+    separate: bool,
+    stuck_after: float,
+    msl: float,
+    linger: float | None,
+    numbering: str,
+    ephemeral_ports: int,
+    trace: frozenset[int] | None = None,
+) -> AnalyzeOptions:
+    return AnalyzeOptions(
+        paths=tuple(captures),
+        separate=separate,
+        stuck_after=stuck_after,
+        msl=msl,
+        linger=linger,
+        numbering=numbering,
+        ephemeral_ports=ephemeral_ports,
+        trace_streams=trace,
+    )
 
 
-def build_filters(close_types: tuple[str, ...], stuck: bool, ports: tuple[int, ...],
-                  hosts: tuple[str, ...], streams: tuple[int, ...]) -> Filters:
-    return Filters(frozenset(close_types), stuck, frozenset(ports),
-                   tuple(_parse_host(h) for h in hosts), frozenset(streams))
+def build_filters(
+    *,
+    close_types: tuple[str, ...],
+    stuck: bool,
+    ports: tuple[int, ...],
+    hosts: tuple[str, ...],
+    streams: tuple[int, ...],
+) -> Filters:
+    return Filters(
+        frozenset(close_types),
+        stuck,
+        frozenset(ports),
+        tuple(_parse_host(h) for h in hosts),
+        frozenset(streams),
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,31 +301,79 @@ def main() -> None:
 
 @main.command("analyze")
 @analysis_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="Output format [default: table on a terminal, jsonl otherwise].")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Write the output here instead of standard output.")
-@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Rows of the table format's connection list (0: all).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Output format [default: table on a terminal, jsonl otherwise].",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Write the output here instead of standard output.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Rows of the table format's connection list (0: all).",
+)
 @click.option("--color/--no-color", default=None, help="Force colour on or off.")
-def analyze_cmd(captures: tuple[str, ...], separate: bool, stuck_after: float, msl: float,
-                linger: float | None, numbering: str, ephemeral_ports: int,
-                close_types: tuple[str, ...], stuck: bool, ports: tuple[int, ...],
-                hosts: tuple[str, ...], streams: tuple[int, ...], quiet: bool, debug: bool,
-                fmt: str | None, output: str | None, limit: int, color: bool | None) -> None:
+def analyze_cmd(
+    *,
+    captures: tuple[str, ...],
+    separate: bool,
+    stuck_after: float,
+    msl: float,
+    linger: float | None,
+    numbering: str,
+    ephemeral_ports: int,
+    close_types: tuple[str, ...],
+    stuck: bool,
+    ports: tuple[int, ...],
+    hosts: tuple[str, ...],
+    streams: tuple[int, ...],
+    quiet: bool,
+    debug: bool,
+    fmt: str | None,
+    output: str | None,
+    limit: int,
+    color: bool | None,
+) -> None:
     """Classify how every TCP connection in CAPTURES ended."""
     with _errors(debug):
-        options = build_options(captures, separate, stuck_after, msl, linger, numbering,
-                                ephemeral_ports)
-        keep = build_filters(close_types, stuck, ports, hosts, streams)
+        options = build_options(
+            captures=captures,
+            separate=separate,
+            stuck_after=stuck_after,
+            msl=msl,
+            linger=linger,
+            numbering=numbering,
+            ephemeral_ports=ephemeral_ports,
+        )
+        keep = build_filters(
+            close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
+        )
         with _open_output(output) as out:
             if fmt is None:
                 fmt = "table" if out.isatty() else "jsonl"
             renderer = make_renderer(fmt, out, limit=limit or None, color=color)
-            run_analysis(options, renderer, keep,
-                         progress=not quiet and sys.stderr.isatty())
+            run_analysis(options, renderer, keep, progress=not quiet and sys.stderr.isatty())
     sys.exit(ExitCode.OK)
 
 
 def stderr_is_terminal(stream: IO[str] | None = None) -> bool:
     return (stream or sys.stderr).isatty()
+
+
+def _register_commands() -> None:
+    from fintrace.commands import register
+
+    register(main)
+
+
+_register_commands()

@@ -22,12 +22,16 @@ count every packet it cannot use under a precise reason.
 from __future__ import annotations
 
 import struct
-from collections import Counter
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from fintrace.model import SkipReason
-from fintrace.reader import Record
-from fintrace.reassembly import Reassembler
+
+if TYPE_CHECKING:
+    from collections import Counter
+    from collections.abc import Iterator
+
+    from fintrace.reader import Record
+    from fintrace.reassembly import Reassembler
 
 #: ``(frame, ts, key, seq, ack, flags, payload_len, window, wscale)``.
 #: ``wscale`` is the window-scale option of a SYN, else -1. ``flags`` is the
@@ -60,8 +64,22 @@ LT_PPP_HDLC = 50
 LT_C_HDLC = 104
 LT_IPOIB = 242
 SUPPORTED_LINKTYPES = frozenset(
-    {LT_NULL, LT_ETHERNET, LT_RAW_12, LT_RAW_14, LT_LOOP, LT_RAW, LT_LINUX_SLL,
-     LT_IPV4, LT_IPV6, LT_LINUX_SLL2, LT_PPP, LT_PPP_HDLC, LT_C_HDLC, LT_IPOIB}
+    {
+        LT_NULL,
+        LT_ETHERNET,
+        LT_RAW_12,
+        LT_RAW_14,
+        LT_LOOP,
+        LT_RAW,
+        LT_LINUX_SLL,
+        LT_IPV4,
+        LT_IPV6,
+        LT_LINUX_SLL2,
+        LT_PPP,
+        LT_PPP_HDLC,
+        LT_C_HDLC,
+        LT_IPOIB,
+    }
 )
 
 ET_IPV4 = 0x0800
@@ -96,7 +114,13 @@ class Decoded:
     __slots__ = ("ack", "flags", "key", "payload_len", "seq", "window", "wscale")
 
     def __init__(
-        self, key: bytes, seq: int, ack: int, flags: int, payload_len: int, window: int,
+        self,
+        key: bytes,
+        seq: int,
+        ack: int,
+        flags: int,
+        payload_len: int,
+        window: int,
         wscale: int,
     ) -> None:
         self.key = key
@@ -269,8 +293,9 @@ def _ipv4_packet(
         more = bool(frag & 0x2000)
         foff = (frag & 0x1FFF) * 8
         data = pkt[off + ihl : off + total]
-        whole = frags.add(b"4" + src + dst + bytes((proto,)) + ident.to_bytes(2, "big"),
-                          foff, data, more)
+        whole = frags.add(
+            b"4" + src + dst + bytes((proto,)) + ident.to_bytes(2, "big"), foff, data, more
+        )
         if whole is None:
             return SkipReason.IP_FRAGMENT
         if isinstance(whole, SkipReason):
@@ -326,8 +351,7 @@ def _ipv6_packet(
                 return SkipReason.IP_FRAGMENT
             if isinstance(whole, SkipReason):
                 return whole
-            return _transport(nxt, src, dst, whole, 0, len(whole), len(whole), frags, frame,
-                              depth)
+            return _transport(nxt, src, dst, whole, 0, len(whole), len(whole), frags, frame, depth)
         else:
             break
     else:
@@ -358,8 +382,16 @@ def _jumbo_length(opts: bytes) -> int:
 
 
 def _transport(
-    proto: int, src: bytes, dst: bytes, pkt: bytes, p: int, end: int, length: int,
-    frags: Reassembler, frame: int, depth: int,
+    proto: int,
+    src: bytes,
+    dst: bytes,
+    pkt: bytes,
+    p: int,
+    end: int,
+    length: int,
+    frags: Reassembler,
+    frame: int,
+    depth: int,
 ) -> Decoded | SkipReason:
     """The layer above IP: TCP, or a tunnel or ICMP error that holds TCP."""
     if proto == PROTO_TCP:
@@ -449,16 +481,23 @@ def _tcp_segment(
 
 
 def segments(
-    records: Iterator[Record], skipped: Counter[str], frags: Reassembler,
-    frame_base: int = 0,
+    records: Iterator[Record],
+    skipped: Counter[str],
+    frags: Reassembler,
+    *,
+    general_only: bool = False,
 ) -> Iterator[Segment]:
     """Every TCP segment of ``records``; what is not one is counted in ``skipped``.
 
-    Frames are numbered from ``frame_base + 1`` in record order.
+    Frames are numbered from 1 in record order. ``general_only`` sends every
+    packet through :func:`decode_packet` (the tests prove both paths agree).
     """
+    if general_only:
+        yield from _general_segments(records, skipped, frags)
+        return
     f4 = _F4
     f6 = _F6
-    frame = frame_base
+    frame = 0
     for ts, buf, off, caplen, origlen, lt in records:
         frame += 1
         # Fast path: find the IP header for the common link types.
@@ -486,7 +525,7 @@ def segments(
                 ver = 6
             else:
                 ver = 0
-        elif lt == LT_RAW or lt == LT_IPV4 or lt == LT_IPV6:
+        elif lt in (LT_RAW, LT_IPV4, LT_IPV6):
             ip = off
             ver = buf[off] >> 4 if caplen >= 40 else 0
             if ver == 6 and caplen < 60:
@@ -499,21 +538,37 @@ def segments(
             vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
             # TCP right after a 20-byte header, not a fragment, lengths that
             # add up inside the frame, no SYN (its options are read below).
-            if (vihl == 0x45 and proto == 6 and not frag & 0x3FFF and not flags & SYN
-                    and offb >= 0x50 and 40 <= total <= origlen - hdr):
+            if (
+                vihl == 0x45
+                and proto == 6
+                and not frag & 0x3FFF
+                and not flags & SYN
+                and offb >= 0x50
+                and 40 <= total <= origlen - hdr
+            ):
                 plen = total - 20 - ((offb >> 4) << 2)
                 if plen >= 0:
                     yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
                     continue
         elif ver == 6:
             plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
-            if (nh == 6 and not flags & SYN and offb >= 0x50 and plen
-                    and plen + 40 <= origlen - hdr):
+            if nh == 6 and not flags & SYN and offb >= 0x50 and plen and plen + 40 <= origlen - hdr:
                 plen -= (offb >> 4) << 2
                 if plen >= 0:
                     yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
                     continue
         # General path.
+        d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
+        if type(d) is Decoded:
+            yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
+        else:
+            skipped[d] += 1  # type: ignore[index]
+
+
+def _general_segments(
+    records: Iterator[Record], skipped: Counter[str], frags: Reassembler
+) -> Iterator[Segment]:
+    for frame, (ts, buf, off, caplen, origlen, lt) in enumerate(records, 1):
         d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
         if type(d) is Decoded:
             yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale

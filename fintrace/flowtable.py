@@ -31,10 +31,13 @@ stay until the capture ends.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment
 from fintrace.tracker import HALF, M32, Half, Tracker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 #: Flags that keep a segment off the fast path: anything but a plain ACK.
 _FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
@@ -54,8 +57,13 @@ def reverse_key(key: bytes) -> bytes:
 class FlowTable:
     """Connections by flow key, numbered as Wireshark numbers them."""
 
-    def __init__(self, *, linger: float = 60.0, numbering: str = "wireshark-4.0",
-                 trace: frozenset[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        linger: float = 60.0,
+        numbering: str = "wireshark-4.0",
+        trace: frozenset[int] | None = None,
+    ) -> None:
         if numbering not in NUMBERINGS:
             raise ValueError(f"unknown numbering {numbering!r}")
         self.linger = linger
@@ -118,11 +126,21 @@ class FlowTable:
             if done:
                 yield from done
 
-    def _slow(self, h: Half | None, frame: int, ts: float, key: bytes, seq: int, ack: int,
-              flags: int, plen: int, win: int, wscale: int) -> list[Tracker] | None:
+    def _slow(
+        self,
+        h: Half | None,
+        frame: int,
+        ts: float,
+        key: bytes,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> list[Tracker] | None:
         done: list[Tracker] | None = None
-        if ts > self.now:
-            self.now = ts
+        self.now = max(self.now, ts)
         if h is not None:
             conn = h.conn
             if flags & SYN and self._starts_new_stream(h, seq, flags):

@@ -12,15 +12,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
+from typing import TYPE_CHECKING
 
 from fintrace.decode import FIN, RST
-from fintrace.tracker import Tracker
+
+if TYPE_CHECKING:
+    from fintrace.tracker import Tracker
 
 PROTO_TCP = 6
 
 
-def community_id(src: bytes, dst: bytes, sport: int, dport: int, *, proto: int = PROTO_TCP,
-                 seed: int = 0) -> str:
+def community_id(
+    src: bytes, dst: bytes, sport: int, dport: int, *, proto: int = PROTO_TCP, seed: int = 0
+) -> str:
     """Community ID v1 of a flow given by raw address bytes and ports."""
     if (src, sport) > (dst, dport):
         src, dst, sport, dport = dst, src, dport, sport

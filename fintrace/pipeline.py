@@ -14,7 +14,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
@@ -40,7 +40,9 @@ from fintrace.model import (
 )
 from fintrace.reader import CaptureFile, first_timestamp
 from fintrace.reassembly import Reassembler
-from fintrace.tracker import Half, Tracker
+
+if TYPE_CHECKING:
+    from fintrace.tracker import Half, Tracker
 
 SCHEMA_VERSION = "1.0"
 ONE_SIDED = str(Anomaly.ONE_SIDED)
@@ -50,7 +52,8 @@ _tuple_new = tuple.__new__
 
 
 def new_transition(values: tuple[Role, State, int, float]) -> Transition:
-    return _tuple_new(Transition, values)  # type: ignore[no-any-return]
+    return _tuple_new(Transition, values)
+
 
 #: ``progress(bytes_done, bytes_total)``
 Progress = Callable[[int, int], None]
@@ -96,11 +99,18 @@ class CaptureInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "file": self.file, "format": self.format, "compression": self.compression,
-            "size_bytes": self.size_bytes, "linktypes": self.linktypes,
-            "packets": self.packets, "tcp_packets": self.tcp_packets,
-            "skipped": self.skipped, "truncated": self.truncated,
-            "warnings": self.warnings, "first_ts": self.first_ts, "last_ts": self.last_ts,
+            "file": self.file,
+            "format": self.format,
+            "compression": self.compression,
+            "size_bytes": self.size_bytes,
+            "linktypes": self.linktypes,
+            "packets": self.packets,
+            "tcp_packets": self.tcp_packets,
+            "skipped": self.skipped,
+            "truncated": self.truncated,
+            "warnings": self.warnings,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
         }
 
 
@@ -115,8 +125,9 @@ class _FileStats:
         self.last_ts: float | None = None
 
 
-def _counted(records: Iterator[tuple[float, bytes, int, int, int, int]],
-             stats: _FileStats) -> Iterator[tuple[float, bytes, int, int, int, int]]:
+def _counted(
+    records: Iterator[tuple[float, bytes, int, int, int, int]], stats: _FileStats
+) -> Iterator[tuple[float, bytes, int, int, int, int]]:
     """Pass records through, noting how many and their time span."""
     n = 0
     ts = 0.0
@@ -153,9 +164,13 @@ class Run:
             raise FintraceError("no capture files given")
         self.options = options
         self._progress = progress
-        self.aggregator = Aggregator(AggregateOptions(
-            msl=options.msl, ephemeral_ports=options.ephemeral_ports,
-            stuck_after=options.stuck_after))
+        self.aggregator = Aggregator(
+            AggregateOptions(
+                msl=options.msl,
+                ephemeral_ports=options.ephemeral_ports,
+                stuck_after=options.stuck_after,
+            )
+        )
         self.captures: list[CaptureInfo] = []
         self._files = self._open_all(options.paths)
         self.traces: dict[int, Tracker] = {}
@@ -229,7 +244,8 @@ class Run:
         unsupported = [lt for lt in cap.linktypes if lt not in SUPPORTED_LINKTYPES]
         if unsupported:
             info.warnings.append(
-                "link type(s) " + ", ".join(map(str, unsupported)) + " are not decoded")
+                "link type(s) " + ", ".join(map(str, unsupported)) + " are not decoded"
+            )
         info.skipped = {str(k): v for k, v in sorted(skipped.items()) if v}
         info.tcp_packets = info.packets - sum(info.skipped.values())
         info.truncated = cap.truncated
@@ -237,8 +253,7 @@ class Run:
         if stats.last_ts is not None:
             self.end_ts = max(self.end_ts, stats.last_ts)
 
-    def _with_progress(self, cap: CaptureFile) -> Iterator[tuple[float, bytes, int, int, int,
-                                                               int]]:
+    def _with_progress(self, cap: CaptureFile) -> Iterator[tuple[float, bytes, int, int, int, int]]:
         if self._progress is None:
             yield from cap.records()
             return
@@ -281,28 +296,47 @@ class Run:
             s = conn.file_spans[0]
             name = names[s[0]]
             files: tuple[FileSpan, ...] = (
-                FileSpan(name, s[1], s[2], conn.last_frame, conn.packets),)
+                FileSpan(name, s[1], s[2], conn.last_frame, conn.packets),
+            )
         else:
-            files = tuple(FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4])
-                          for s in conn.spans())
-        transitions = tuple([
-            new_transition((CLIENT if h is client else SERVER, state, frame, ts))
-            for h, state, frame, ts in conn.transitions
-        ])
+            files = tuple(
+                FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4]) for s in conn.spans()
+            )
+        transitions = tuple(
+            [
+                new_transition((CLIENT if h is client else SERVER, state, frame, ts))
+                for h, state, frame, ts in conn.transitions
+            ]
+        )
         c = Connection(
-            conn.stream, files[0].capture,
-            Endpoint(ip_text(ck[:n]), cport), Endpoint(ip_text(ck[n:2 * n]), sport),
-            r.inferred, conn.first_frame, conn.last_frame, conn.first_ts, conn.last_ts,
-            conn.packets, SideCounts(client.bytes, server.bytes),
-            v.close_type, v.active_closer, v.reset_by, v.reset_phase, v.time_wait,
+            conn.stream,
+            files[0].capture,
+            Endpoint(ip_text(ck[:n]), cport),
+            Endpoint(ip_text(ck[n : 2 * n]), sport),
+            r.inferred,
+            conn.first_frame,
+            conn.last_frame,
+            conn.first_ts,
+            conn.last_ts,
+            conn.packets,
+            SideCounts(client.bytes, server.bytes),
+            v.close_type,
+            v.active_closer,
+            v.reset_by,
+            v.reset_phase,
+            v.time_wait,
             SideFrames(client.fin_frame or None, server.fin_frame or None),
             (conn.rst_frame or None) if v.reset_by is not None else None,
-            v.half_close_bytes, v.close_wait_s, v.stuck, v.final_ack_seen, v.fin_retransmits,
+            v.half_close_bytes,
+            v.close_wait_s,
+            v.stuck,
+            v.final_ack_seen,
+            v.fin_retransmits,
             SideStates(client.state, server.state),
             transitions,
             None if conn.reuse is None else Reuse(*conn.reuse),
             anomalies,
-            community_id(ck[:n], ck[n:2 * n], cport, sport),
+            community_id(ck[:n], ck[n : 2 * n], cport, sport),
             zeek_conn_state(conn),
             files[-1].capture,
             files,

@@ -19,11 +19,13 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from fintrace.errors import CaptureError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: ``(ts, buf, offset, caplen, origlen, linktype)``
 Record = tuple[float, bytes, int, int, int, int]
@@ -268,8 +270,10 @@ class CaptureFile:
             while off + 12 <= end:
                 btype, blen = hdr(buf, off)
                 if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                    self._damaged(f"a pcapng block at byte {self._abs(off, end)} "
-                                  f"has an impossible length ({blen})")
+                    self._damaged(
+                        f"a pcapng block at byte {self._abs(off, end)} "
+                        f"has an impossible length ({blen})"
+                    )
                     return
                 nxt = off + blen
                 if nxt > end:
@@ -277,12 +281,15 @@ class CaptureFile:
                 if btype == PCAPNG_EPB:
                     iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
                     if 28 + caplen > blen:
-                        self._damaged(f"a pcapng packet block at byte {self._abs(off, end)} "
-                                      f"claims {caplen} bytes, more than the block holds")
+                        self._damaged(
+                            f"a pcapng packet block at byte {self._abs(off, end)} "
+                            f"claims {caplen} bytes, more than the block holds"
+                        )
                         return
                     if iface >= len(ifaces):
-                        self._damaged(f"a packet block names interface {iface}, "
-                                      "which was never described")
+                        self._damaged(
+                            f"a packet block names interface {iface}, which was never described"
+                        )
                         return
                     lt, unit, tsoff, _snap = ifaces[iface]
                     last_ts = ((tsh << 32) | tsl) * unit + tsoff
@@ -349,7 +356,7 @@ class CaptureFile:
             val = buf[o + 4 : o + 4 + olen]
             if code == 9 and olen >= 1:
                 r = val[0]
-                unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0 ** -r
+                unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
             elif code == 14 and olen >= 8:
                 (secs,) = struct.unpack(endian + "q", val[:8])
                 tsoff = float(secs)

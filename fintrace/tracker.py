@@ -41,13 +41,21 @@ CLOSED = State.CLOSED
 RESET = State.RESET
 
 #: A side acknowledges its peer's FIN.
-_ON_ACKING_FIN = {ESTABLISHED: CLOSE_WAIT, FIN_WAIT_1: CLOSING, FIN_WAIT_2: TIME_WAIT,
-                  SYN_RECEIVED: CLOSE_WAIT}
+_ON_ACKING_FIN = {
+    ESTABLISHED: CLOSE_WAIT,
+    FIN_WAIT_1: CLOSING,
+    FIN_WAIT_2: TIME_WAIT,
+    SYN_RECEIVED: CLOSE_WAIT,
+}
 #: A side's own FIN is acknowledged by its peer.
 _ON_FIN_ACKED = {FIN_WAIT_1: FIN_WAIT_2, CLOSING: TIME_WAIT, LAST_ACK: CLOSED}
 #: A side sends its FIN.
-_ON_SENDING_FIN = {ESTABLISHED: FIN_WAIT_1, CLOSE_WAIT: LAST_ACK, SYN_RECEIVED: FIN_WAIT_1,
-                   SYN_SENT: FIN_WAIT_1}
+_ON_SENDING_FIN = {
+    ESTABLISHED: FIN_WAIT_1,
+    CLOSE_WAIT: LAST_ACK,
+    SYN_RECEIVED: FIN_WAIT_1,
+    SYN_SENT: FIN_WAIT_1,
+}
 
 
 def covers(ack: int, seq_end: int) -> bool:
@@ -59,11 +67,33 @@ class Half:
     """One side of a connection: what it sent and the state it is in."""
 
     __slots__ = (
-        "acked", "acked_fin_at", "acked_fin_frame", "acked_fin_ts", "bytes", "conn",
-        "fin_acked_frame", "fin_at", "fin_count", "fin_frame", "fin_seq", "fin_ts",
-        "flags_seen", "half_close_bytes", "isn", "key", "syn_at",
-        "last_ts", "nxt", "packets", "peer", "state", "syn_frame", "synack_frame",
-        "win", "ws_base", "wscale",
+        "acked",
+        "acked_fin_at",
+        "acked_fin_frame",
+        "acked_fin_ts",
+        "bytes",
+        "conn",
+        "fin_acked_frame",
+        "fin_at",
+        "fin_count",
+        "fin_frame",
+        "fin_seq",
+        "fin_ts",
+        "flags_seen",
+        "half_close_bytes",
+        "isn",
+        "key",
+        "last_ts",
+        "nxt",
+        "packets",
+        "peer",
+        "state",
+        "syn_at",
+        "syn_frame",
+        "synack_frame",
+        "win",
+        "ws_base",
+        "wscale",
     )
 
     def __init__(self, conn: Tracker, key: bytes) -> None:
@@ -111,14 +141,35 @@ class Tracker:
     """The mechanics of one connection (one Wireshark ``tcp.stream``)."""
 
     __slots__ = (
-        "a", "anomalies", "b", "capture", "established", "file_spans", "first_fin",
-        "first_frame", "first_ts", "last_frame", "last_ts", "packets", "quiet", "reuse",
-        "rst_count", "rst_frame", "rst_from", "rst_lost", "rst_phase", "rst_ts",
-        "stream", "terminal", "trace", "transitions",
+        "a",
+        "anomalies",
+        "b",
+        "capture",
+        "established",
+        "file_spans",
+        "first_fin",
+        "first_frame",
+        "first_ts",
+        "last_frame",
+        "last_ts",
+        "packets",
+        "quiet",
+        "reuse",
+        "rst_count",
+        "rst_frame",
+        "rst_from",
+        "rst_lost",
+        "rst_phase",
+        "rst_ts",
+        "stream",
+        "terminal",
+        "trace",
+        "transitions",
     )
 
-    def __init__(self, stream: int, capture: int, key: bytes, rkey: bytes, frame: int,
-                 ts: float) -> None:
+    def __init__(
+        self, stream: int, capture: int, key: bytes, rkey: bytes, frame: int, ts: float
+    ) -> None:
         self.stream = stream
         self.capture = capture
         self.a = Half(self, key)  # sender of the first packet
@@ -147,8 +198,10 @@ class Tracker:
         # last frame, packets before this file]; the open span's last frame
         # and packets are derived from the counters when it closes.
         self.file_spans: list[list[int]] = [[capture, stream, frame, frame, 0]]
-        self.trace: list[tuple[int, float, Half, int, int, int, int, int,
-                               State | None, State | None]] | None = None
+        self.trace: (
+            list[tuple[int, float, Half, int, int, int, int, int, State | None, State | None]]
+            | None
+        ) = None
 
     # -- recording helpers ----------------------------------------------------
 
@@ -166,8 +219,18 @@ class Tracker:
 
     # -- the slow path ----------------------------------------------------------
 
-    def segment(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
-                plen: int, win: int, wscale: int) -> None:
+    def segment(
+        self,
+        h: Half,
+        frame: int,
+        ts: float,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> None:
         """Apply one segment sent by side ``h``."""
         self.packets += 1
         self.last_frame = frame
@@ -177,18 +240,33 @@ class Tracker:
         h.flags_seen |= flags
         self._apply(h, frame, ts, seq, ack, flags, plen, win, wscale)
         if self.trace is not None:
-            self.trace.append((frame, ts, h, seq, ack, flags, plen, win,
-                               self.a.state, self.b.state))
+            self.trace.append(
+                (frame, ts, h, seq, ack, flags, plen, win, self.a.state, self.b.state)
+            )
 
-    def _apply(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
-               plen: int, win: int, wscale: int) -> None:
+    def _apply(
+        self,
+        h: Half,
+        frame: int,
+        ts: float,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> None:
         p = h.peer
         if flags & COUNT_ONLY:
             # An ICMP error quoting this connection, or a header that cannot
             # be trusted: it belongs to the stream, but moves nothing.
-            self.note(Anomaly.ICMP_ERROR if flags & QUOTED else
-                      Anomaly.BAD_TCP_HEADER if flags & BOGUS_HEADER else
-                      Anomaly.TRUNCATED_TCP_HEADER)
+            self.note(
+                Anomaly.ICMP_ERROR
+                if flags & QUOTED
+                else Anomaly.BAD_TCP_HEADER
+                if flags & BOGUS_HEADER
+                else Anomaly.TRUNCATED_TCP_HEADER
+            )
             return
         if self.rst_from is not None:
             if flags & RST:
@@ -212,13 +290,13 @@ class Tracker:
         if flags & ACK:
             self._ack(h, frame, ts, ack, flags)
         new = self._count_payload(h, seq, plen, flags)
-        if new and p.fin_seq >= 0 and h.acked_fin_frame and self.first_fin is p and (
-                h.fin_seq < 0):
+        if new and p.fin_seq >= 0 and h.acked_fin_frame and self.first_fin is p and (h.fin_seq < 0):
             h.half_close_bytes += new
         if flags & FIN:
             self._fin(h, frame, ts, seq, plen, flags)
-        self.quiet = (self.trace is None and self.a.state is ESTABLISHED
-                      and self.b.state is ESTABLISHED)
+        self.quiet = (
+            self.trace is None and self.a.state is ESTABLISHED and self.b.state is ESTABLISHED
+        )
 
     def _syn(self, h: Half, frame: int, ts: float, seq: int, flags: int, wscale: int) -> None:
         if wscale >= 0:
@@ -254,9 +332,9 @@ class Tracker:
             h.acked = ack
         # The handshake: SYN_SENT learns of the SYN+ACK when it acknowledges
         # it; SYN_RECEIVED is established when its SYN is acknowledged.
-        if h.state is SYN_SENT and not flags & SYN:
-            self._move(h, ESTABLISHED, frame, ts)
-        elif h.state is SYN_RECEIVED and p.state is ESTABLISHED and not flags & SYN:
+        if not flags & SYN and (
+            h.state is SYN_SENT or (h.state is SYN_RECEIVED and p.state is ESTABLISHED)
+        ):
             self._move(h, ESTABLISHED, frame, ts)
         if p.state is SYN_RECEIVED and (p.isn < 0 or covers(ack, (p.isn + 1) & M32)):
             if h.state is SYN_SENT:
@@ -311,8 +389,9 @@ class Tracker:
         if h.nxt < 0 or (end - h.nxt) & M32 < HALF:
             h.nxt = end
 
-    def _rst(self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int,
-             plen: int) -> None:
+    def _rst(
+        self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int, plen: int
+    ) -> None:
         p = h.peer
         if not self._rst_acceptable(h, seq, ack, flags):
             self.note(Anomaly.RST_OUT_OF_WINDOW)
@@ -328,7 +407,7 @@ class Tracker:
         self.rst_count = 1
         if self.first_fin is None:
             self.rst_phase = "established" if self.established else "handshake"
-        elif (self.a.fin_acked_frame and self.b.fin_acked_frame):
+        elif self.a.fin_acked_frame and self.b.fin_acked_frame:
             self.rst_phase = "closed"
         else:
             self.rst_phase = "closing"

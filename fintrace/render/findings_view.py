@@ -23,11 +23,11 @@ def render_findings(console: Console, found: list[Finding]) -> None:
         console.print()
         return
     for f in found:
-        console.print(Text(f"[{f.severity.name.lower()}] ", style=_STYLE[f.severity]) +
-                      Text(f.title))
+        console.print(
+            Text(f"[{f.severity.name.lower()}] ", style=_STYLE[f.severity]) + Text(f.title)
+        )
         for d in f.details:
             console.print(f"    {d}")
         for cap, flt in f.filters:
-            console.print(f"    wireshark: {flt}" + (f"   ({cap})" if cap else ""),
-                          soft_wrap=True)
+            console.print(f"    wireshark: {flt}" + (f"   ({cap})" if cap else ""), soft_wrap=True)
     console.print()

@@ -15,11 +15,40 @@ _dumps = orjson.dumps
 
 def connection_dict(c: Connection) -> dict[str, Any]:
     """The connection as JSON data, field for field as TEARDOWN.md names them."""
-    (stream, capture, client, server, roles_inferred, first_frame, last_frame, first_ts,
-     last_ts, packets, payload, close_type, active_closer, reset_by, reset_phase, time_wait,
-     fin_frames, rst_frame, half_close_bytes, close_wait_s, stuck, final_ack_seen,
-     fin_retransmits, end_state, transitions, reused, anomalies, community_id, zeek,
-     last_capture, files, rst_lost_bytes) = c
+    (
+        stream,
+        capture,
+        client,
+        server,
+        roles_inferred,
+        first_frame,
+        last_frame,
+        first_ts,
+        last_ts,
+        packets,
+        payload,
+        close_type,
+        active_closer,
+        reset_by,
+        reset_phase,
+        time_wait,
+        fin_frames,
+        rst_frame,
+        half_close_bytes,
+        close_wait_s,
+        stuck,
+        final_ack_seen,
+        fin_retransmits,
+        end_state,
+        transitions,
+        reused,
+        anomalies,
+        community_id,
+        zeek,
+        last_capture,
+        files,
+        rst_lost_bytes,
+    ) = c
     return {
         "stream": stream,
         "capture": capture,
@@ -45,16 +74,27 @@ def connection_dict(c: Connection) -> dict[str, Any]:
         "final_ack_seen": final_ack_seen,
         "fin_retransmits": fin_retransmits,
         "end_state": {"client": end_state[0], "server": end_state[1]},
-        "transitions": [{"side": side, "state": state, "frame": frame, "ts": ts}
-                        for side, state, frame, ts in transitions],
-        "reused_tuple": None if reused is None else {"previous_stream": reused[0],
-                                                     "gap_s": reused[1]},
+        "transitions": [
+            {"side": side, "state": state, "frame": frame, "ts": ts}
+            for side, state, frame, ts in transitions
+        ],
+        "reused_tuple": None
+        if reused is None
+        else {"previous_stream": reused[0], "gap_s": reused[1]},
         "anomalies": anomalies,
         "community_id": community_id,
         "zeek_conn_state": zeek,
         "last_capture": last_capture,
-        "files": [{"capture": f[0], "stream": f[1], "first_frame": f[2], "last_frame": f[3],
-                   "packets": f[4]} for f in files],
+        "files": [
+            {
+                "capture": f[0],
+                "stream": f[1],
+                "first_frame": f[2],
+                "last_frame": f[3],
+                "packets": f[4],
+            }
+            for f in files
+        ],
         "rst_lost_bytes": rst_lost_bytes,
     }
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from fintrace.model import CloseType
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fintrace.model import Connection
     from fintrace.pipeline import Run
 
@@ -80,16 +81,25 @@ class TableRenderer:
 
     def _overview(self, run: Run) -> None:
         t = Table(title="Captures", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("file", "format", "packets", "tcp", "first packet (UTC)", "span",
-                    "skipped"):
+        for col in ("file", "format", "packets", "tcp", "first packet (UTC)", "span", "skipped"):
             t.add_column(col, justify="right" if col in ("packets", "tcp") else "left")
         for cap in run.captures:
-            span = (cap.last_ts - cap.first_ts) if cap.first_ts is not None and \
-                cap.last_ts is not None else None
+            span = (
+                (cap.last_ts - cap.first_ts)
+                if cap.first_ts is not None and cap.last_ts is not None
+                else None
+            )
             skipped = ", ".join(f"{k} {v}" for k, v in cap.skipped.items()) or "none"
             fmt = cap.format + (f"+{cap.compression}" if cap.compression else "")
-            t.add_row(cap.file, fmt, str(cap.packets), str(cap.tcp_packets),
-                      when(cap.first_ts), duration(span), skipped)
+            t.add_row(
+                cap.file,
+                fmt,
+                str(cap.packets),
+                str(cap.tcp_packets),
+                when(cap.first_ts),
+                duration(span),
+                skipped,
+            )
         self.console.print(t)
         for cap in run.captures:
             for w in cap.warnings:
@@ -99,16 +109,20 @@ class TableRenderer:
     def _summary(self, run: Run) -> None:
         s = run.summary()
         total = s["connections"]
-        t = Table(title=f"Connections: {total}", title_justify="left", show_edge=False,
-                  pad_edge=False)
+        t = Table(
+            title=f"Connections: {total}", title_justify="left", show_edge=False, pad_edge=False
+        )
         t.add_column("close type")
         t.add_column("count", justify="right")
         t.add_column("share", justify="right")
         for kind in CloseType:
             entry = s["close_types"][kind.value]
             if entry["count"]:
-                t.add_row(Text(kind.value, style=STYLE[kind]), str(entry["count"]),
-                          f"{entry['share'] * 100:.1f}%")
+                t.add_row(
+                    Text(kind.value, style=STYLE[kind]),
+                    str(entry["count"]),
+                    f"{entry['share'] * 100:.1f}%",
+                )
         self.console.print(t)
         ac = s["active_closer"]
         tw = s["time_wait"]["holders"]
@@ -128,8 +142,17 @@ class TableRenderer:
         t = Table(title="Connections", title_justify="left", show_edge=False, pad_edge=False)
         if multi:
             t.add_column("capture")
-        for col in ("stream", "client", "server", "close", "closer", "TIME_WAIT",
-                    "end (client/server)", "frames", "notes"):
+        for col in (
+            "stream",
+            "client",
+            "server",
+            "close",
+            "closer",
+            "TIME_WAIT",
+            "end (client/server)",
+            "frames",
+            "notes",
+        ):
             t.add_column(col, justify="right" if col == "stream" else "left")
         for r in rows:
             notes = []
@@ -146,13 +169,16 @@ class TableRenderer:
             if r.roles_inferred:
                 notes.append("roles inferred")
             notes.extend(r.anomalies)
-            cells = [
-                str(r.stream), endpoint(r.client.ip, r.client.port),
+            cells: list[str | Text] = [
+                str(r.stream),
+                endpoint(r.client.ip, r.client.port),
                 endpoint(r.server.ip, r.server.port),
                 Text(r.close_type.value, style=STYLE[r.close_type]),
-                r.active_closer or "-", r.time_wait or "-",
+                r.active_closer or "-",
+                r.time_wait or "-",
                 f"{r.end_state.client or '-'}/{r.end_state.server or '-'}",
-                f"{r.first_frame}-{r.last_frame}", ", ".join(notes),
+                f"{r.first_frame}-{r.last_frame}",
+                ", ".join(notes),
             ]
             if multi:
                 cells.insert(0, r.capture)
