@@ -185,7 +185,7 @@ class FlowTable:
         conn = Tracker(self._number(), self.capture, key, rkey, frame, ts)
         if previous is not None:
             conn.reuse = (previous.stream, ts - previous.last_ts)
-        elif self._trace is not None and conn.stream in self._trace and self.capture == 0:
+        if self._trace is not None and conn.stream in self._trace and self.capture == 0:
             conn.trace = []
         self.table[key] = conn.a
         self.table[rkey] = conn.b
