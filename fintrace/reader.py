@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
 import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from fintrace.errors import CaptureError
 
 if TYPE_CHECKING:
+    import io
     from collections.abc import Iterator
 
 #: ``(ts, buf, offset, caplen, origlen, linktype)``
@@ -62,6 +63,29 @@ _COMPRESSED = {
 }
 
 
+def _open(path: str) -> io.BufferedReader:
+    """Open a capture for reading, or say in a few words why it cannot be."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CaptureError(path, "no such file") from None
+    except NotADirectoryError:
+        raise CaptureError(path, "no such file (a parent is not a directory)") from None
+    except PermissionError:
+        raise CaptureError(path, "permission denied") from None
+    except OSError as exc:
+        raise CaptureError(path, exc.strerror or "cannot be opened") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CaptureError(path, "is a directory, not a capture file")
+    try:
+        # Closed in CaptureFile.close().
+        return open(path, "rb")
+    except PermissionError:
+        raise CaptureError(path, "permission denied") from None
+    except OSError as exc:
+        raise CaptureError(path, exc.strerror or "cannot be opened") from None
+
+
 def _describe(head: bytes) -> str:
     if not head:
         return "empty file"
@@ -75,17 +99,7 @@ class CaptureFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         self.name = self.path
-        p = Path(self.path)
-        if not p.exists():
-            raise CaptureError(self.path, "no such file")
-        if p.is_dir():
-            raise CaptureError(self.path, "is a directory, not a capture file")
-        try:
-            raw: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        except PermissionError:
-            raise CaptureError(self.path, "permission denied") from None
-        except OSError as exc:
-            raise CaptureError(self.path, exc.strerror or "cannot be opened") from None
+        raw = _open(self.path)
         self._raw = raw
         self.size = os.fstat(raw.fileno()).st_size
         self.compression: str | None = None
@@ -93,9 +107,10 @@ class CaptureFile:
         self.truncated = False
         self.linktypes: list[int] = []
         self._stream: BinaryIO = raw
+        self._read_problem: str | None = None
         try:
-            head = raw.read(4)
-            raw.seek(0)
+            # peek, not read and seek back: a pipe (``<(zcat x.pcap)``) cannot seek.
+            head = raw.peek(4)[:4]
             if head[:2] == b"\x1f\x8b":
                 self.compression = "gzip"
                 self._stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
@@ -107,9 +122,17 @@ class CaptureFile:
                             f"{kind}-compressed; decompress it first (fintrace reads gzip itself)",
                         )
             self._head = self._read(CHUNK)
+        except OSError as exc:
+            raw.close()
+            raise CaptureError(self.path, f"read error ({exc.strerror or exc})") from None
         except CaptureError:
             raw.close()
             raise
+        problem = self._problem()
+        if problem is not None and len(self._head) < 4:
+            # The damage is in the gzip layer or the disk; "empty file" would hide that.
+            self.close()
+            raise CaptureError(self.path, problem)
         magic = self._head[:4]
         if magic in _PCAP_MAGIC:
             self.format = "pcap"
@@ -127,20 +150,41 @@ class CaptureFile:
     # -- plumbing -------------------------------------------------------------
 
     def _read(self, n: int) -> bytes:
-        """Read up to ``n`` bytes; damage in a compressed stream ends it."""
+        """Read up to ``n`` bytes; a read error or damage in a compressed stream ends it."""
         if self.compression is None:
-            return self._stream.read(n)
-        try:
-            return self._stream.read(n)
-        except EOFError:
-            self._warn_truncated("the gzip stream is cut off")
-            return b""
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-            if self._raw.tell() <= 10:
-                raise CaptureError(self.path, f"corrupt gzip data ({exc})") from None
-            self.warnings.append(f"corrupt gzip data, analysed up to the damage ({exc})")
-            self.truncated = True
-            return b""
+            try:
+                return self._stream.read(n)
+            except OSError as exc:
+                # A failing disk or a vanished network share: keep what was read.
+                self._read_problem = f"read error ({exc.strerror or exc})"
+                self._damaged(self._read_problem)
+                return b""
+        # Small steps: GzipFile.read(n) drops everything it decompressed in
+        # the call when the stream turns out to be cut off or corrupt.
+        parts: list[bytes] = []
+        got = 0
+        read1 = self._stream.read1  # type: ignore[attr-defined]
+        while got < n and self._read_problem is None:
+            try:
+                part: bytes = read1(n - got)
+            except EOFError:
+                self._read_problem = "the gzip stream is cut off"
+                self._warn_truncated(self._read_problem)
+                break
+            except (gzip.BadGzipFile, zlib.error, OSError) as exc:
+                self._read_problem = f"corrupt gzip data ({exc})"
+                self.warnings.append(f"{self._read_problem}; analysed up to the damage")
+                self.truncated = True
+                break
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def _problem(self) -> str | None:
+        """What ended the reading early, if anything (a method: mypy narrows attributes)."""
+        return self._read_problem
 
     def _warn_truncated(self, what: str) -> None:
         if not self.truncated:
@@ -267,66 +311,90 @@ class CaptureFile:
         last_ts = 0.0
         while True:
             end = len(buf)
-            while off + 12 <= end:
-                btype, blen = hdr(buf, off)
-                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                    self._damaged(
-                        f"a pcapng block at byte {self._abs(off, end)} "
-                        f"has an impossible length ({blen})"
-                    )
-                    return
-                nxt = off + blen
-                if nxt > end:
-                    break
-                if btype == PCAPNG_EPB:
-                    iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
-                    if 28 + caplen > blen:
+            try:
+                while off + 12 <= end:
+                    btype, blen = hdr(buf, off)
+                    if btype == PCAPNG_SHB:
+                        # A new section may switch byte order, its own length included.
+                        if off + 16 > end:
+                            break
+                        problem = self._section_problem(buf, off)
+                        if problem:
+                            self._damaged(problem)
+                            return
+                        endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+                        hdr = struct.Struct(endian + "II").unpack_from
+                        epb = struct.Struct(endian + "IIIII").unpack_from
+                        ifaces = []
+                        btype, blen = hdr(buf, off)
+                    if blen < 12 or blen % 4 or blen > MAX_BLOCK:
                         self._damaged(
-                            f"a pcapng packet block at byte {self._abs(off, end)} "
-                            f"claims {caplen} bytes, more than the block holds"
+                            f"a pcapng block at byte {self._abs(off, end)} "
+                            f"has an impossible length ({blen})"
                         )
                         return
-                    if iface >= len(ifaces):
-                        self._damaged(
-                            f"a packet block names interface {iface}, which was never described"
+                    nxt = off + blen
+                    if nxt > end:
+                        break
+                    if btype == PCAPNG_EPB:
+                        iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
+                        # 28 bytes of header and the 4-byte trailing length.
+                        if 32 + caplen > blen:
+                            self._damaged(
+                                self._too_short("enhanced packet", off, end, blen)
+                                if blen < 32
+                                else f"a pcapng packet block at byte {self._abs(off, end)} "
+                                f"claims {caplen} bytes, more than the block holds"
+                            )
+                            return
+                        if iface >= len(ifaces):
+                            self._damaged(
+                                f"a packet block names interface {iface}, which was never described"
+                            )
+                            return
+                        lt, unit, tsoff, _snap = ifaces[iface]
+                        last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                        yield last_ts, buf, off + 28, caplen, origlen, lt
+                    elif btype == PCAPNG_IDB:
+                        if blen < 20:
+                            self._damaged(self._too_short("interface", off, end, blen))
+                            return
+                        ifaces.append(self._interface(buf, off, blen, endian))
+                        if ifaces[-1][0] not in self.linktypes:
+                            self.linktypes.append(ifaces[-1][0])
+                    elif btype == PCAPNG_SPB:
+                        if not ifaces:
+                            self._damaged("a simple packet block comes before any interface")
+                            return
+                        if blen < 16:
+                            self._damaged(self._too_short("simple packet", off, end, blen))
+                            return
+                        (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
+                        lt, _unit, _tsoff, snap = ifaces[0]
+                        caplen = min(origlen, blen - 16, snap or origlen)
+                        # A simple packet block has no timestamp; keep time moving.
+                        yield last_ts, buf, off + 12, caplen, origlen, lt
+                    elif btype == PCAPNG_PB:
+                        if blen < 32:
+                            self._damaged(self._too_short("packet", off, end, blen))
+                            return
+                        iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
+                            endian + "HHIIII", buf, off + 8
                         )
-                        return
-                    lt, unit, tsoff, _snap = ifaces[iface]
-                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
-                    yield last_ts, buf, off + 28, caplen, origlen, lt
-                elif btype == PCAPNG_SHB:
-                    problem = self._section_problem(buf, off)
-                    if problem:
-                        self._damaged(problem)
-                        return
-                    endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-                    hdr = struct.Struct(endian + "II").unpack_from
-                    epb = struct.Struct(endian + "IIIII").unpack_from
-                    ifaces = []
-                elif btype == PCAPNG_IDB:
-                    ifaces.append(self._interface(buf, off, blen, endian))
-                    if ifaces[-1][0] not in self.linktypes:
-                        self.linktypes.append(ifaces[-1][0])
-                elif btype == PCAPNG_SPB:
-                    if not ifaces:
-                        self._damaged("a simple packet block comes before any interface")
-                        return
-                    (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
-                    lt, _unit, _tsoff, snap = ifaces[0]
-                    caplen = min(origlen, blen - 16, snap or origlen)
-                    # A simple packet block has no timestamp; keep time moving.
-                    yield last_ts, buf, off + 12, caplen, origlen, lt
-                elif btype == PCAPNG_PB:
-                    iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
-                        endian + "HHIIII", buf, off + 8
-                    )
-                    if iface >= len(ifaces) or 28 + caplen > blen:
-                        self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
-                        return
-                    lt, unit, tsoff, _snap = ifaces[iface]
-                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
-                    yield last_ts, buf, off + 28, caplen, origlen, lt
-                off = nxt
+                        if iface >= len(ifaces) or 32 + caplen > blen:
+                            self._damaged(
+                                f"a packet block at byte {self._abs(off, end)} is corrupt"
+                            )
+                            return
+                        lt, unit, tsoff, _snap = ifaces[iface]
+                        last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                        yield last_ts, buf, off + 28, caplen, origlen, lt
+                    off = nxt
+            except struct.error:
+                # Only an enhanced packet block shorter than its fixed fields,
+                # at the very end of the data read, gets here.
+                self._damaged(self._too_short("enhanced packet", off, end, blen))
+                return
             more = self._read(CHUNK)
             if not more:
                 if off < end:
@@ -337,6 +405,9 @@ class CaptureFile:
             buf = buf[off:] + more
             self._consumed_before += off
             off = 0
+
+    def _too_short(self, kind: str, off: int, end: int, blen: int) -> str:
+        return f"a pcapng {kind} block at byte {self._abs(off, end)} is too short ({blen} bytes)"
 
     def _damaged(self, what: str) -> None:
         self.truncated = True
@@ -353,11 +424,12 @@ class CaptureFile:
             code, olen = struct.unpack_from(endian + "HH", buf, o)
             if code == 0:
                 break
-            val = buf[o + 4 : o + 4 + olen]
-            if code == 9 and olen >= 1:
+            # An option may not reach past its block, whatever its length says.
+            val = buf[o + 4 : min(o + 4 + olen, stop)]
+            if code == 9 and val:
                 r = val[0]
                 unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
-            elif code == 14 and olen >= 8:
+            elif code == 14 and len(val) >= 8:
                 (secs,) = struct.unpack(endian + "q", val[:8])
                 tsoff = float(secs)
             o += 4 + ((olen + 3) & ~3)
