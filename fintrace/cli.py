@@ -134,9 +134,10 @@ def run_analysis(
     keep: Callable[[Connection], bool],
     *,
     progress: bool,
+    jobs: int = 1,
 ) -> Run:
     with Progress(progress) as report:
-        run = analyze(options, report)
+        run = analyze(options, report, jobs=jobs)
         renderer.begin(run)
         for conn in run.connections():
             if keep(conn):
@@ -323,8 +324,17 @@ def main() -> None:
     help="Rows of the table format's connection list (0: all).",
 )
 @click.option("--color/--no-color", default=None, help="Force colour on or off.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Analyse files in this many processes (needs --separate).",
+)
 def analyze_cmd(
     *,
+    jobs: int,
     captures: tuple[str, ...],
     separate: bool,
     stuck_after: float,
@@ -362,7 +372,9 @@ def analyze_cmd(
             if fmt is None:
                 fmt = "table" if out.isatty() else "jsonl"
             renderer = make_renderer(fmt, out, limit=limit or None, color=color)
-            run_analysis(options, renderer, keep, progress=not quiet and sys.stderr.isatty())
+            run_analysis(
+                options, renderer, keep, progress=not quiet and sys.stderr.isatty(), jobs=jobs
+            )
     sys.exit(ExitCode.OK)
 
 
