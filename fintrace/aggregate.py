@@ -1,26 +1,69 @@
 """Add up connections into the summary the report is built from.
 
 :class:`Aggregator` takes each :class:`~fintrace.model.Connection` once, as it
-is finished, and keeps only compact aggregates: counters, and for the
-TIME_WAIT and CLOSE_WAIT figures one 8-byte float per connection that held
-TIME_WAIT or completed a close (in ``array('d')``), so memory stays small on
-captures of millions of connections.
+is finished, and keeps only compact aggregates: counters, a bounded list of
+example streams per item, and for the TIME_WAIT and CLOSE_WAIT figures one
+8-byte float per connection that held TIME_WAIT or completed a close (in
+``array('d')``), so memory stays small on captures of millions of
+connections.
 
-What it adds up (``../shared/TEARDOWN.md``, "What the report adds up"):
+What it adds up (``../shared/TEARDOWN.md``, "What the report adds up"), as
+the keys of :meth:`Aggregator.summary`. These keys are read by the renderers
+and by scripts (``--format json``): add keys freely, never rename one.
 
-* connections by ``close_type``; active closers by role;
-* stuck CLOSE_WAIT by service (the passive endpoint ``ip:port``): count,
-  oldest; for completed closes the spread of ``close_wait_s`` per service;
-* TIME_WAIT holders per host, and the peak held at once assuming each lasts
-  2×MSL; per (client ip, server ip, server port) the peak number of 4-tuples
-  in TIME_WAIT against the ephemeral port range; new SYNs on a 4-tuple less
-  than 2×MSL after its previous connection;
-* resets by sender and phase, and RSTs that left the peer's data
-  unacknowledged, with the bytes lost.
+``connections``, ``first_ts``, ``last_ts``
+    how many connections, and the time span of their packets.
+``close_types``
+    ``{close_type: {"count", "share"}}`` for every close type.
+``active_closer``
+    ``{"client", "server", "both", "none"}``: who started the close.
+``time_wait``
+    ``holders`` (``{"client", "server", "both"}``), ``msl_s``, ``window_s``
+    (2×MSL, how long each TIME_WAIT is assumed to last), ``ephemeral_ports``;
+    ``by_host``: ``[{"host", "connections", "peak", "peak_ts"}]``, the most
+    TIME_WAIT sockets a host held at once, highest peak first; ``by_tuple``:
+    ``[{"client_ip", "server_ip", "server_port", "peak", "peak_ts",
+    "share_of_ephemeral"}]``, the most 4-tuples toward one service that one
+    client held in TIME_WAIT at once, against its ephemeral port range;
+    ``reused_within_2msl``: ``{"count", "min_gap_s", "failed", "streams"}``,
+    new SYNs on a 4-tuple less than 2×MSL after its previous connection's
+    last packet (``failed``: how many of those new connections were refused,
+    reset, or never answered).
+``close_wait``
+    ``stuck_after_s``, ``slow_after_s``; ``stuck_by_service``:
+    ``[{"service", "role", "ip", "port", "peer", "count", "open", "oldest_s",
+    "streams"}]``; ``by_service`` (completed closes): ``[{"service", "role",
+    "ip", "port", "peer", "count", "p50_s", "p95_s", "max_s", "slow",
+    "slow_streams"}]``; ``fin_wait_2_by_host``: ``{host: connections}``, every
+    ``close_wait`` connection by the host of its active closer;
+    ``fin_wait_2``: ``[{"host", "count", "longest_s", "peers", "streams"}]``,
+    the active closers that waited at least ``stuck_after_s`` in FIN_WAIT_2.
+``resets``
+    ``total``; ``by_sender``: ``{role: {phase: count}}`` (phase ``refused``
+    for a refused connection); ``by_host``: ``[{"host", "role", "count",
+    "phases", "streams"}]``, highest count first; ``streams``; ``lost_data``:
+    ``{"count", "bytes", "streams", "by_host": [{"host", "count", "bytes"}]}``.
+``attempts``
+    ``{"count", "by_service": [{"service", "count", "streams"}]}``: SYNs
+    that got no answer.
+``unacked_fin``
+    ``{"count", "streams"}``.
+``anomalies``
+    ``{anomaly: connections}``.
+
+A "service" is the passive endpoint of a close. When that is a server it is
+named ``ip:port``; when it is a client, its ephemeral port names nothing
+that lasts, so it is named by its address and the service it talks to:
+``10.0.0.7 (client of 10.0.0.10:80)``, ``role`` ``"client"``, ``port`` null.
+
+Every ``streams`` value is ``{capture: [tcp.stream, ...]}``: up to
+:data:`MAX_EXAMPLES` examples, the most telling ones (oldest, slowest, most
+bytes lost) where there is a measure, else the first seen.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 from collections import Counter, defaultdict
@@ -29,8 +72,11 @@ from typing import Any
 
 from fintrace.model import CloseType, Connection, Role, State
 
-#: Example streams kept per finding (for Wireshark filters).
-MAX_EXAMPLES = 50
+#: Example streams kept per item (for Wireshark filters).
+MAX_EXAMPLES = 20
+
+#: Close types in which the passive side completed its close.
+_COMPLETED = frozenset({CloseType.GRACEFUL, CloseType.PIGGYBACKED, CloseType.HALF_CLOSE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,40 +84,76 @@ class AggregateOptions:
     msl: float = 30.0
     ephemeral_ports: int = 28232
     stuck_after: float = 60.0
+    #: A completed close whose CLOSE_WAIT lasted this long is slow: an
+    #: application that reads the peer's FIN promptly closes within
+    #: milliseconds.
+    slow_after: float = 1.0
 
 
 class _Examples:
-    """Up to MAX_EXAMPLES (capture, stream) pairs, in the order seen."""
+    """Up to MAX_EXAMPLES (capture, stream) pairs: the highest scores, else the first seen."""
 
-    __slots__ = ("items", "total")
+    __slots__ = ("_heap", "_n", "total")
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, int]] = []
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._n = 0
         self.total = 0
 
-    def add(self, capture: str, stream: int) -> None:
+    def add(self, capture: str, stream: int, score: float = 0.0) -> None:
         self.total += 1
-        if len(self.items) < MAX_EXAMPLES:
-            self.items.append((capture, stream))
+        # Equal scores: the earlier one ranks higher (-n is larger).
+        item = (score, -self._n, capture, stream)
+        self._n += 1
+        if len(self._heap) < MAX_EXAMPLES:
+            heapq.heappush(self._heap, item)
+        elif item > self._heap[0]:
+            heapq.heapreplace(self._heap, item)
 
     def as_dict(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
-        for cap, stream in self.items:
+        for _score, _n, cap, stream in sorted(self._heap, key=lambda i: -i[1]):
             out.setdefault(cap, []).append(stream)
-        return out
+        return {cap: sorted(streams) for cap, streams in out.items()}
 
 
 @dataclass(slots=True)
 class _Service:
+    role: str
+    ip: str
+    port: int | None
+    peer: str | None
     stuck: int = 0
+    open: int = 0
     oldest_s: float = 0.0
     stuck_examples: _Examples = field(default_factory=_Examples)
     waits: array[float] = field(default_factory=lambda: array("d"))
     slowest: _Examples = field(default_factory=_Examples)
 
 
+@dataclass(slots=True)
+class _Waiter:
+    count: int = 0
+    longest_s: float = 0.0
+    peers: Counter[str] = field(default_factory=Counter)
+    examples: _Examples = field(default_factory=_Examples)
+
+
+@dataclass(slots=True)
+class _Resetter:
+    role: str
+    phases: Counter[str] = field(default_factory=Counter)
+    examples: _Examples = field(default_factory=_Examples)
+    lost_count: int = 0
+    lost_bytes: int = 0
+
+
 def percentile(sorted_values: list[float] | array[float], q: float) -> float:
-    """Nearest-rank percentile of values already sorted."""
+    """Nearest-rank percentile of values already sorted: a value that was measured.
+
+    The p-th percentile is the smallest value with at least p % of the values
+    at or below it (so p95 of 20 values is the 19th, of 10 values the 10th).
+    """
     if not sorted_values:
         return 0.0
     rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
@@ -79,17 +161,31 @@ def percentile(sorted_values: list[float] | array[float], q: float) -> float:
 
 
 def peak_overlap(starts: list[float] | array[float], length: float) -> tuple[int, float]:
-    """Most intervals ``[s, s + length)`` open at once, and when that was."""
+    """Most intervals ``[s, s + length)`` open at once, and when that was first reached."""
     if not starts:
         return 0, 0.0
     ordered = sorted(starts)
     best, when, lo = 0, ordered[0], 0
     for hi, s in enumerate(ordered):
+        # An interval that ends exactly when another starts no longer counts.
         while ordered[lo] + length <= s:
             lo += 1
         if hi - lo + 1 > best:
             best, when = hi - lo + 1, s
     return best, when
+
+
+def host(ip: str) -> str:
+    """An address as it reads in ``host:port`` (IPv6 in brackets)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def _service(c: Connection, passive: Role) -> tuple[str, str, str, int | None, str | None]:
+    """(name, role, ip, port, peer) of the passive endpoint, as the module docstring says."""
+    if passive is Role.SERVER:
+        return f"{host(c.server.ip)}:{c.server.port}", "server", c.server.ip, c.server.port, None
+    peer = f"{host(c.server.ip)}:{c.server.port}"
+    return f"{c.client.ip} (client of {peer})", "client", c.client.ip, None, peer
 
 
 class Aggregator:
@@ -105,14 +201,19 @@ class Aggregator:
         self.tw_by_triple: defaultdict[tuple[str, str, int], array[float]] = defaultdict(
             lambda: array("d")
         )
-        self.services: defaultdict[str, _Service] = defaultdict(_Service)
+        self.services: dict[str, _Service] = {}
         self.fin_wait_2: Counter[str] = Counter()
+        self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
         self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.resetters: dict[str, _Resetter] = {}
         self.reset_examples = _Examples()
         self.lost = _Examples()
         self.lost_bytes = 0
         self.reused = _Examples()
+        self.reused_failed = 0
         self.reuse_gaps = array("d")
+        self.attempts: defaultdict[str, _Examples] = defaultdict(_Examples)
+        self.unacked_fin = _Examples()
         self.anomalies: Counter[str] = Counter()
         self.first_ts = math.inf
         self.last_ts = -math.inf
@@ -132,55 +233,123 @@ class Aggregator:
         if c.reused_tuple is not None and c.reused_tuple.gap_s < 2 * self.options.msl:
             self.reused.add(c.capture, c.stream)
             self.reuse_gaps.append(c.reused_tuple.gap_s)
-        if c.close_type in (CloseType.RESET, CloseType.REFUSED) and c.reset_by is not None:
-            phase = c.reset_phase or ("refused" if kind == CloseType.REFUSED else "unknown")
-            self.resets[c.reset_by][phase] += 1
-            if kind == CloseType.RESET:
-                self.reset_examples.add(c.capture, c.stream)
-            if c.rst_lost_bytes > 0:
-                self.lost.add(c.capture, c.stream)
-                self.lost_bytes += c.rst_lost_bytes
+            # The new connection never got going: what a SYN that meets the
+            # old connection's TIME_WAIT on the other side tends to end in.
+            if kind in (CloseType.REFUSED, CloseType.ATTEMPT) or (
+                kind is CloseType.RESET and c.reset_phase == "handshake"
+            ):
+                self.reused_failed += 1
+        if kind in (CloseType.RESET, CloseType.REFUSED) and c.reset_by is not None:
+            self._reset(c)
+        elif kind is CloseType.ATTEMPT:
+            self.attempts[f"{host(c.server.ip)}:{c.server.port}"].add(c.capture, c.stream)
+        elif kind is CloseType.UNACKED_FIN:
+            self.unacked_fin.add(c.capture, c.stream)
         if c.close_wait_s is not None and c.active_closer in (Role.CLIENT, Role.SERVER):
-            passive = c.server if c.active_closer == Role.CLIENT else c.client
-            svc = self.services[f"{_host(passive.ip)}:{passive.port}"]
-            if kind == CloseType.CLOSE_WAIT:
-                closer = c.client if c.active_closer == Role.CLIENT else c.server
-                self.fin_wait_2[f"{_host(closer.ip)}"] += 1
-                if c.stuck:
-                    svc.stuck += 1
-                    svc.stuck_examples.add(c.capture, c.stream)
-                    svc.oldest_s = max(svc.oldest_s, c.close_wait_s)
+            self._close_wait(c, c.close_wait_s)
+
+    def _reset(self, c: Connection) -> None:
+        kind = c.close_type
+        phase = "refused" if kind is CloseType.REFUSED else (c.reset_phase or "unknown")
+        sender_role = str(c.reset_by)
+        self.resets[sender_role][phase] += 1
+        self.reset_examples.add(c.capture, c.stream)
+        sender = c.client if c.reset_by is Role.CLIENT else c.server
+        r = self.resetters.get(sender.ip)
+        if r is None:
+            r = self.resetters[sender.ip] = _Resetter(sender_role)
+        elif r.role != sender_role:
+            r.role = "both"  # the host is a client in some connections, a server in others
+        r.phases[phase] += 1
+        r.examples.add(c.capture, c.stream, float(c.rst_lost_bytes))
+        if c.rst_lost_bytes > 0:
+            self.lost.add(c.capture, c.stream, float(c.rst_lost_bytes))
+            self.lost_bytes += c.rst_lost_bytes
+            r.lost_count += 1
+            r.lost_bytes += c.rst_lost_bytes
+
+    def _close_wait(self, c: Connection, wait: float) -> None:
+        passive = Role.SERVER if c.active_closer is Role.CLIENT else Role.CLIENT
+        name, role, ip, port, peer = _service(c, passive)
+        svc = self.services.get(name)
+        if svc is None:
+            svc = self.services[name] = _Service(role, ip, port, peer)
+        if c.close_type is CloseType.CLOSE_WAIT:
+            closer = c.client if c.active_closer is Role.CLIENT else c.server
+            self.fin_wait_2[closer.ip] += 1
+            if wait >= self.options.stuck_after:
+                w = self.waiters[closer.ip]
+                w.count += 1
+                w.longest_s = max(w.longest_s, wait)
+                w.peers[name] += 1
+                w.examples.add(c.capture, c.stream, wait)
+            if c.stuck:
+                svc.stuck += 1
+                svc.stuck_examples.add(c.capture, c.stream, wait)
+                svc.oldest_s = max(svc.oldest_s, wait)
             else:
-                svc.waits.append(c.close_wait_s)
-                if c.close_wait_s >= self.options.stuck_after:
-                    svc.slowest.add(c.capture, c.stream)
+                svc.open += 1
+        elif c.close_type in _COMPLETED:
+            svc.waits.append(wait)
+            if wait >= self.options.slow_after:
+                svc.slowest.add(c.capture, c.stream, wait)
 
     def _time_wait(self, c: Connection) -> None:
+        client_start: float | None = None
         for t in c.transitions:
             if t.state is State.TIME_WAIT:
                 holder = c.client if t.side is Role.CLIENT else c.server
                 self.tw_by_host[holder.ip].append(t.ts)
-        # The 4-tuple is blocked from its first side's TIME_WAIT on.
-        start = min(t.ts for t in c.transitions if t.state is State.TIME_WAIT)
-        self.tw_by_triple[(c.client.ip, c.server.ip, c.server.port)].append(start)
+                if t.side is Role.CLIENT and client_start is None:
+                    client_start = t.ts
+        # Only the client's TIME_WAIT ties up one of its ephemeral ports: a
+        # server's TIME_WAIT costs the client nothing when it connects.
+        if client_start is not None:
+            self.tw_by_triple[(c.client.ip, c.server.ip, c.server.port)].append(client_start)
 
     def summary(self) -> dict[str, Any]:
+        total = self.total
+        return {
+            "connections": total,
+            "first_ts": self.first_ts if total else None,
+            "last_ts": self.last_ts if total else None,
+            "close_types": {
+                k.value: {
+                    "count": self.close_types.get(k, 0),
+                    "share": (self.close_types.get(k, 0) / total) if total else 0.0,
+                }
+                for k in CloseType
+            },
+            "active_closer": {
+                r: self.active.get(r, 0) for r in ("client", "server", "both", "none")
+            },
+            "time_wait": self._time_wait_summary(),
+            "close_wait": self._close_wait_summary(),
+            "resets": self._reset_summary(),
+            "attempts": {
+                "count": sum(e.total for e in self.attempts.values()),
+                "by_service": sorted(
+                    (
+                        {"service": name, "count": e.total, "streams": e.as_dict()}
+                        for name, e in self.attempts.items()
+                    ),
+                    key=lambda d: (-d["count"], d["service"]),
+                ),
+            },
+            "unacked_fin": {
+                "count": self.unacked_fin.total,
+                "streams": self.unacked_fin.as_dict(),
+            },
+            "anomalies": dict(self.anomalies.most_common()),
+        }
+
+    def _time_wait_summary(self) -> dict[str, Any]:
         o = self.options
         window = 2 * o.msl
-        total = self.total
-        close_types = {
-            k.value: {
-                "count": self.close_types.get(k, 0),
-                "share": (self.close_types.get(k, 0) / total) if total else 0.0,
-            }
-            for k in CloseType
-        }
         by_host: list[dict[str, Any]] = []
-        for host, starts in self.tw_by_host.items():
+        for ip, starts in self.tw_by_host.items():
             peak, when = peak_overlap(starts, window)
-            by_host.append(
-                {"host": host, "connections": len(starts), "peak": peak, "peak_ts": when}
-            )
+            by_host.append({"host": ip, "connections": len(starts), "peak": peak, "peak_ts": when})
         by_host.sort(key=lambda d: (-d["peak"], -d["connections"], d["host"]))
         triples: list[dict[str, Any]] = []
         for (cip, sip, sport), starts in self.tw_by_triple.items():
@@ -196,14 +365,34 @@ class Aggregator:
                 }
             )
         triples.sort(key=lambda d: (-d["peak"], d["client_ip"], d["server_ip"], d["server_port"]))
+        return {
+            "holders": {r: self.tw_holders.get(r, 0) for r in ("client", "server", "both")},
+            "msl_s": o.msl,
+            "window_s": window,
+            "ephemeral_ports": o.ephemeral_ports,
+            "by_host": by_host,
+            "by_tuple": triples,
+            "reused_within_2msl": {
+                "count": self.reused.total,
+                "min_gap_s": min(self.reuse_gaps) if self.reuse_gaps else None,
+                "failed": self.reused_failed,
+                "streams": self.reused.as_dict(),
+            },
+        }
+
+    def _close_wait_summary(self) -> dict[str, Any]:
+        o = self.options
         stuck: list[dict[str, Any]] = []
         spread: list[dict[str, Any]] = []
         for name, svc in self.services.items():
+            who = {"service": name, "role": svc.role, "ip": svc.ip, "port": svc.port}
+            who["peer"] = svc.peer
             if svc.stuck:
                 stuck.append(
-                    {
-                        "service": name,
+                    who
+                    | {
                         "count": svc.stuck,
+                        "open": svc.open,
                         "oldest_s": svc.oldest_s,
                         "streams": svc.stuck_examples.as_dict(),
                     }
@@ -211,55 +400,65 @@ class Aggregator:
             if svc.waits:
                 w = sorted(svc.waits)
                 spread.append(
-                    {
-                        "service": name,
+                    who
+                    | {
                         "count": len(w),
                         "p50_s": percentile(w, 50),
                         "p95_s": percentile(w, 95),
                         "max_s": w[-1],
+                        "slow": svc.slowest.total,
                         "slow_streams": svc.slowest.as_dict(),
                     }
                 )
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
-        spread.sort(key=lambda d: (-d["p95_s"], d["service"]))
+        spread.sort(key=lambda d: (-d["p95_s"], -d["max_s"], d["service"]))
+        waits: list[dict[str, Any]] = [
+            {
+                "host": ip,
+                "count": w.count,
+                "longest_s": w.longest_s,
+                "peers": dict(w.peers.most_common()),
+                "streams": w.examples.as_dict(),
+            }
+            for ip, w in self.waiters.items()
+        ]
+        waits.sort(key=lambda d: (-d["count"], -d["longest_s"], d["host"]))
         return {
-            "connections": total,
-            "first_ts": self.first_ts if total else None,
-            "last_ts": self.last_ts if total else None,
-            "close_types": close_types,
-            "active_closer": {
-                r: self.active.get(r, 0) for r in ("client", "server", "both", "none")
-            },
-            "time_wait": {
-                "holders": {r: self.tw_holders.get(r, 0) for r in ("client", "server", "both")},
-                "msl_s": o.msl,
-                "ephemeral_ports": o.ephemeral_ports,
-                "by_host": by_host,
-                "by_tuple": triples,
-                "reused_within_2msl": {
-                    "count": self.reused.total,
-                    "min_gap_s": min(self.reuse_gaps) if self.reuse_gaps else None,
-                    "streams": self.reused.as_dict(),
-                },
-            },
-            "close_wait": {
-                "stuck_after_s": o.stuck_after,
-                "stuck_by_service": stuck,
-                "by_service": spread,
-                "fin_wait_2_by_host": dict(self.fin_wait_2.most_common()),
-            },
-            "resets": {
-                "by_sender": {who: dict(phases) for who, phases in sorted(self.resets.items())},
-                "streams": self.reset_examples.as_dict(),
-                "lost_data": {
-                    "count": self.lost.total,
-                    "bytes": self.lost_bytes,
-                    "streams": self.lost.as_dict(),
-                },
-            },
-            "anomalies": dict(self.anomalies.most_common()),
+            "stuck_after_s": o.stuck_after,
+            "slow_after_s": o.slow_after,
+            "stuck_by_service": stuck,
+            "by_service": spread,
+            "fin_wait_2_by_host": dict(self.fin_wait_2.most_common()),
+            "fin_wait_2": waits,
         }
 
-
-def _host(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
+    def _reset_summary(self) -> dict[str, Any]:
+        by_host: list[dict[str, Any]] = [
+            {
+                "host": ip,
+                "role": r.role,
+                "count": sum(r.phases.values()),
+                "phases": dict(r.phases.most_common()),
+                "streams": r.examples.as_dict(),
+            }
+            for ip, r in self.resetters.items()
+        ]
+        by_host.sort(key=lambda d: (-d["count"], d["host"]))
+        lost_by_host: list[dict[str, Any]] = [
+            {"host": ip, "count": r.lost_count, "bytes": r.lost_bytes}
+            for ip, r in self.resetters.items()
+            if r.lost_count
+        ]
+        lost_by_host.sort(key=lambda d: (-d["bytes"], d["host"]))
+        return {
+            "total": self.reset_examples.total,
+            "by_sender": {who: dict(phases) for who, phases in sorted(self.resets.items())},
+            "by_host": by_host,
+            "streams": self.reset_examples.as_dict(),
+            "lost_data": {
+                "count": self.lost.total,
+                "bytes": self.lost_bytes,
+                "streams": self.lost.as_dict(),
+                "by_host": lost_by_host,
+            },
+        }

@@ -1,14 +1,27 @@
-"""The terminal report: summary tables, then one row per connection."""
+"""The terminal report: what was read, how connections closed, findings, the connections.
+
+Sections, in the order a person looks for them after an incident:
+
+1. One line per capture: packets, time span, packets skipped by reason.
+2. Close types with counts and shares, and who closed actively.
+3. TIME_WAIT: who holds it, the peak held at once (2×MSL each), and the
+   client closest to running out of ephemeral ports.
+4. Resets by sender and phase.
+5. Findings (:mod:`fintrace.render.findings_view`), most severe first.
+6. The connections, one row each, sorted by stream (up to ``--limit``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
+from fintrace.findings import PHASES, findings
 from fintrace.model import CloseType
+from fintrace.render.findings_view import render_findings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,6 +41,20 @@ STYLE = {
     CloseType.PIGGYBACKED: "green",
     CloseType.GRACEFUL: "green",
     CloseType.OPEN: "blue",
+}
+
+#: What each close type looks like on the wire, for the summary table.
+MEANING = {
+    CloseType.REFUSED: "RST answered the SYN",
+    CloseType.RESET: "ended by a RST",
+    CloseType.SIMULTANEOUS: "both sent FIN at once",
+    CloseType.HALF_CLOSE: "peer sent data after the first FIN",
+    CloseType.PIGGYBACKED: "FIN, FIN+ACK, ACK",
+    CloseType.GRACEFUL: "FIN, ACK, FIN, ACK",
+    CloseType.CLOSE_WAIT: "one side never closed",
+    CloseType.UNACKED_FIN: "FIN never acknowledged",
+    CloseType.OPEN: "still open when the capture ended",
+    CloseType.ATTEMPT: "SYN never answered",
 }
 
 
@@ -51,6 +78,10 @@ def endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def share(n: int, total: int) -> str:
+    return f"{n / total * 100:.1f}%" if total else "-"
+
+
 class TableRenderer:
     """Rich tables on a console; connections are kept (up to ``limit``) to sort them."""
 
@@ -58,7 +89,6 @@ class TableRenderer:
         self.console = console
         self.limit = limit
         self.rows: list[Connection] = []
-        self.shown = 0
         self.total = 0
 
     def begin(self, run: Run) -> None:
@@ -70,44 +100,38 @@ class TableRenderer:
             self.rows.append(conn)
 
     def end(self, run: Run) -> None:
-        c = self.console
+        summary = run.summary()
         self._overview(run)
-        self._summary(run)
-        from fintrace.findings import findings
-        from fintrace.render.findings_view import render_findings
-
-        render_findings(c, findings(run.summary(), run.captures))
+        self._close_types(summary)
+        self._time_wait(summary["time_wait"])
+        self._resets(summary["resets"])
+        render_findings(
+            self.console, findings(summary, run.captures), show_files=len(run.captures) > 1
+        )
         self._connections()
 
     def _overview(self, run: Run) -> None:
-        t = Table(title="Captures", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("file", "format", "packets", "tcp", "first packet (UTC)", "span", "skipped"):
-            t.add_column(col, justify="right" if col in ("packets", "tcp") else "left")
+        # One sentence per file: it wraps cleanly at any width, a table does not.
         for cap in run.captures:
-            span = (
-                (cap.last_ts - cap.first_ts)
-                if cap.first_ts is not None and cap.last_ts is not None
-                else None
-            )
+            if cap.first_ts is not None and cap.last_ts is not None:
+                span = (
+                    f"{when(cap.first_ts)} to {when(cap.last_ts)[11:]} UTC "
+                    f"({duration(cap.last_ts - cap.first_ts)})"
+                )
+            else:
+                span = "no packets"
             skipped = ", ".join(f"{k} {v}" for k, v in cap.skipped.items()) or "none"
             fmt = cap.format + (f"+{cap.compression}" if cap.compression else "")
-            t.add_row(
-                cap.file,
-                fmt,
-                str(cap.packets),
-                str(cap.tcp_packets),
-                when(cap.first_ts),
-                duration(span),
-                skipped,
+            self.console.print(
+                Text("Capture ", style="bold")
+                + Text(f"{cap.file} ({fmt}): {cap.packets} packets, {cap.tcp_packets} TCP, ")
+                + Text(f"{span}; skipped: {skipped}.")
             )
-        self.console.print(t)
-        for cap in run.captures:
             for w in cap.warnings:
                 self.console.print(Text(f"warning: {cap.file}: {w}", style="yellow"))
         self.console.print()
 
-    def _summary(self, run: Run) -> None:
-        s = run.summary()
+    def _close_types(self, s: dict[str, Any]) -> None:
         total = s["connections"]
         t = Table(
             title=f"Connections: {total}", title_justify="left", show_edge=False, pad_edge=False
@@ -115,22 +139,72 @@ class TableRenderer:
         t.add_column("close type")
         t.add_column("count", justify="right")
         t.add_column("share", justify="right")
+        t.add_column("on the wire")
         for kind in CloseType:
-            entry = s["close_types"][kind.value]
-            if entry["count"]:
+            n = s["close_types"][kind.value]["count"]
+            if n:
                 t.add_row(
-                    Text(kind.value, style=STYLE[kind]),
-                    str(entry["count"]),
-                    f"{entry['share'] * 100:.1f}%",
+                    Text(kind.value, style=STYLE[kind]), str(n), share(n, total), MEANING[kind]
                 )
         self.console.print(t)
         ac = s["active_closer"]
-        tw = s["time_wait"]["holders"]
+        parts = [
+            f"{who} {ac[who]} ({share(ac[who], total)})"
+            for who in ("client", "server", "both")
+            if ac[who]
+        ]
         self.console.print(
-            f"Active closer: client {ac['client']}, server {ac['server']}, "
-            f"both {ac['both']}, none {ac['none']}.  "
-            f"TIME_WAIT held by: client {tw['client']}, server {tw['server']}, "
-            f"both {tw['both']}."
+            "Closed first by: "
+            + (", ".join(parts) if parts else "nobody")
+            + (f"; {ac['none']} not closed" if ac["none"] else "")
+            + "."
+        )
+        self.console.print()
+
+    def _time_wait(self, tw: dict[str, Any]) -> None:
+        h = tw["holders"]
+        held = h["client"] + h["server"] + h["both"]
+        head = Text("TIME_WAIT", style="bold") + Text(
+            f" (each held 2×MSL = {tw['window_s']:g} s): "
+        )
+        if not held:
+            self.console.print(head + Text("no connection ended in TIME_WAIT."))
+            self.console.print()
+            return
+        self.console.print(
+            head
+            + Text(f"held by the client in {h['client']}, the server in {h['server']}, ")
+            + Text(f"both in {h['both']} connections.")
+        )
+        t = Table(show_edge=False, pad_edge=False)
+        t.add_column("host")
+        t.add_column("TIME_WAIT", justify="right")
+        t.add_column("peak at once", justify="right")
+        t.add_column("peak reached (UTC)")
+        for row in tw["by_host"][:5]:
+            t.add_row(row["host"], str(row["connections"]), str(row["peak"]), when(row["peak_ts"]))
+        self.console.print(t)
+        if len(tw["by_host"]) > 5:
+            self.console.print(f"{len(tw['by_host']) - 5} more hosts hold TIME_WAIT.")
+        if tw["by_tuple"]:
+            top = tw["by_tuple"][0]
+            self.console.print(
+                f"Closest to port exhaustion: {top['client_ip']} → "
+                f"{endpoint(top['server_ip'], top['server_port'])}, {top['peak']} of "
+                f"{tw['ephemeral_ports']} ephemeral ports in TIME_WAIT at once "
+                f"({top['share_of_ephemeral'] * 100:.1f}%)."
+            )
+        self.console.print()
+
+    def _resets(self, r: dict[str, Any]) -> None:
+        if not r.get("total"):
+            return
+        parts = []
+        for who, phases in r["by_sender"].items():
+            said = ", ".join(f"{n} {PHASES.get(p, p).split(' (')[0]}" for p, n in phases.items())
+            parts.append(f"by the {who}: {said}")
+        self.console.print(
+            Text("Resets", style="bold") + Text(f": {r['total']}; " + "; ".join(parts) + ".")
         )
         self.console.print()
 
@@ -139,33 +213,34 @@ class TableRenderer:
             return
         rows = sorted(self.rows, key=lambda r: (r.capture, r.stream))
         multi = len({r.capture for r in rows}) > 1
+        # Below 120 columns the per-side details give way to the notes.
+        wide = self.console.width >= 120
         t = Table(title="Connections", title_justify="left", show_edge=False, pad_edge=False)
         if multi:
             t.add_column("capture")
-        for col in (
-            "stream",
-            "client",
-            "server",
-            "close",
-            "closer",
-            "TIME_WAIT",
-            "end (client/server)",
-            "frames",
-            "notes",
-        ):
-            t.add_column(col, justify="right" if col == "stream" else "left")
+        t.add_column("stream", justify="right", no_wrap=True)
+        for col in ("client", "server", "close"):
+            t.add_column(col, no_wrap=True)
+        if wide:
+            for col in ("closer", "TIME_WAIT", "end (client/server)", "frames"):
+                t.add_column(col, no_wrap=True)
+        t.add_column("notes")
         for r in rows:
             notes = []
             if r.reset_phase:
                 notes.append(f"RST by {r.reset_by} ({r.reset_phase})")
             elif r.reset_by:
                 notes.append(f"RST by {r.reset_by}")
+            if r.rst_lost_bytes:
+                notes.append(f"{r.rst_lost_bytes} B lost")
             if r.close_wait_s is not None:
                 notes.append(f"close_wait {duration(r.close_wait_s)}")
             if r.stuck:
                 notes.append("stuck")
             if r.half_close_bytes:
                 notes.append(f"{r.half_close_bytes} B after FIN")
+            if r.reused_tuple is not None:
+                notes.append(f"reuses stream {r.reused_tuple.previous_stream}")
             if r.roles_inferred:
                 notes.append("roles inferred")
             notes.extend(r.anomalies)
@@ -174,12 +249,15 @@ class TableRenderer:
                 endpoint(r.client.ip, r.client.port),
                 endpoint(r.server.ip, r.server.port),
                 Text(r.close_type.value, style=STYLE[r.close_type]),
-                r.active_closer or "-",
-                r.time_wait or "-",
-                f"{r.end_state.client or '-'}/{r.end_state.server or '-'}",
-                f"{r.first_frame}-{r.last_frame}",
-                ", ".join(notes),
             ]
+            if wide:
+                cells += [
+                    r.active_closer or "-",
+                    r.time_wait or "-",
+                    f"{r.end_state.client or '-'}/{r.end_state.server or '-'}",
+                    f"{r.first_frame}-{r.last_frame}",
+                ]
+            cells.append(", ".join(notes))
             if multi:
                 cells.insert(0, r.capture)
             t.add_row(*cells)
