@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import sys
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO
@@ -60,12 +61,32 @@ def _parse_host(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise click.BadParameter(f"{value!r} is not an IP address or network") from None
 
 
-def _open_output(path: str | None) -> contextlib.AbstractContextManager[TextIO]:
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[TextIO]:
+    """The output stream; an output that cannot be written is bad usage, not a crash."""
     if path is None or path == "-":
-        return contextlib.nullcontext(sys.stdout)
+        try:
+            yield sys.stdout
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.filename is not None:
+                raise
+            # Python flushes stdout again at exit; let that land somewhere.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise FintraceError(f"<stdout>: cannot write output ({exc.strerror})") from None
+        return
     try:
-        return open(path, "w", encoding="utf-8", newline="")
+        out = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
     except OSError as exc:
+        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
+    try:
+        with out:
+            yield out
+    except OSError as exc:
+        # A full disk or a vanished share while writing (an error that names
+        # a file is an input's, not the output's).
+        if exc.filename is not None:
+            raise
         raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
 
 
@@ -172,7 +193,11 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the commands that analyse captures."""
     opts = [
         click.argument(
-            "captures", nargs=-1, required=True, type=click.Path(dir_okay=True, allow_dash=False)
+            "captures",
+            nargs=-1,
+            required=True,
+            # The reader names an unreadable capture in one line; click's check would not.
+            type=click.Path(dir_okay=True, readable=False, allow_dash=False),
         ),
         click.option(
             "--separate",
@@ -312,7 +337,8 @@ def main() -> None:
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    # A directory is refused by _open_output in one line; click's check would not.
+    type=click.Path(dir_okay=True, allow_dash=True),
     default=None,
     help="Write the output here instead of standard output.",
 )
