@@ -84,7 +84,9 @@ SUPPORTED_LINKTYPES = frozenset(
 
 ET_IPV4 = 0x0800
 ET_IPV6 = 0x86DD
-ET_VLAN = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+# Wireshark 4.0 decodes these as VLAN tags (0x9100 is its default QinQ
+# preference); a frame it does not decode must not start a stream here.
+ET_VLAN = frozenset({0x8100, 0x88A8, 0x9100})
 ET_MPLS = frozenset({0x8847, 0x8848})
 ET_PPPOE_SESSION = 0x8864
 
@@ -163,7 +165,7 @@ def decode_packet(
     """Decode one packet (``pkt`` is exactly its captured bytes)."""
     if linktype == LT_ETHERNET:
         return _ethernet(pkt, 0, origlen, frags, frame, 0)
-    if linktype in (LT_RAW, LT_RAW_12, LT_RAW_14):
+    if linktype in (LT_RAW, LT_RAW_12, LT_RAW_14, LT_IPV4):
         if not pkt:
             return SkipReason.TRUNCATED_IP
         v = pkt[0] >> 4
@@ -172,8 +174,6 @@ def decode_packet(
         if v == 6:
             return _ipv6_packet(pkt, 0, origlen, frags, frame, 0)
         return SkipReason.NOT_IP
-    if linktype == LT_IPV4:
-        return _ipv4_packet(pkt, 0, origlen, frags, frame, 0)
     if linktype == LT_IPV6:
         return _ipv6_packet(pkt, 0, origlen, frags, frame, 0)
     if linktype == LT_LINUX_SLL:
@@ -207,12 +207,17 @@ def decode_packet(
         if len(pkt) < 4:
             return SkipReason.TRUNCATED_LINK
         fam = pkt[0:4]
-        # The family is in the capturing host's byte order for NULL and in
-        # network order for LOOP; accept either, as Wireshark does.
-        value = int.from_bytes(fam, "little") if fam[0] else int.from_bytes(fam, "big")
+        # The family is in the capturing host's byte order for NULL (Wireshark
+        # takes either) and in network order for LOOP (Wireshark takes only that).
+        if linktype == LT_NULL and fam[0]:
+            value = int.from_bytes(fam, "little")
+        else:
+            value = int.from_bytes(fam, "big")
         if value == 2:
             return _ipv4_packet(pkt, 4, origlen, frags, frame, 0)
-        if value in (10, 23, 24, 28, 30):
+        # IPv6 on NetBSD/OpenBSD, FreeBSD, Darwin; Wireshark reads 23 as IPX
+        # and knows no 10.
+        if value in (24, 28, 30):
             return _ipv6_packet(pkt, 4, origlen, frags, frame, 0)
         return SkipReason.NOT_IP
     return SkipReason.UNSUPPORTED_LINKTYPE
@@ -223,7 +228,13 @@ def _ethernet(
 ) -> Decoded | SkipReason:
     if len(pkt) < off + 14:
         return SkipReason.TRUNCATED_LINK
-    return _ethertype(_u16(pkt, off + 12)[0], pkt, off + 14, origlen, frags, frame, depth)
+    et = _u16(pkt, off + 12)[0]
+    if et <= 1500:
+        # An 802.3 length: IP follows only an LLC/SNAP header with a zero OUI.
+        if pkt[off + 14 : off + 20] != b"\xaa\xaa\x03\x00\x00\x00" or len(pkt) < off + 22:
+            return SkipReason.NOT_IP
+        return _ethertype(_u16(pkt, off + 20)[0], pkt, off + 22, origlen, frags, frame, depth)
+    return _ethertype(et, pkt, off + 14, origlen, frags, frame, depth)
 
 
 def _ethertype(
@@ -351,7 +362,7 @@ def _ipv6_packet(
                 return SkipReason.IP_FRAGMENT
             if isinstance(whole, SkipReason):
                 return whole
-            return _transport(nxt, src, dst, whole, 0, len(whole), len(whole), frags, frame, depth)
+            return _fragmentable_part(nxt, src, dst, whole, frags, frame, depth)
         else:
             break
     else:
@@ -365,6 +376,31 @@ def _ipv6_packet(
         return SkipReason.BAD_IP_HEADER
     end = min(total_end, n)
     return _transport(nh, src, dst, pkt, p, end, total_end - p, frags, frame, depth)
+
+
+def _fragmentable_part(
+    nh: int, src: bytes, dst: bytes, whole: bytes, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    """A reassembled IPv6 payload: it may open with more extension headers
+    (destination options), as it does in Wireshark's reassembled view."""
+    p = 0
+    n = len(whole)
+    for _ in range(MAX_IPV6_EXTENSIONS + 1):
+        if nh in IPV6_EXTENSIONS:
+            if n < p + 8:
+                return SkipReason.BAD_IP_HEADER
+            hlen = (whole[p + 1] + 1) * 8
+        elif nh == IPV6_AH:
+            if n < p + 8:
+                return SkipReason.BAD_IP_HEADER
+            hlen = (whole[p + 1] + 2) * 4
+        else:
+            if p > n:
+                return SkipReason.BAD_IP_HEADER
+            return _transport(nh, src, dst, whole, p, n, n - p, frags, frame, depth)
+        nh = whole[p]
+        p += hlen
+    return SkipReason.IPV6_EXTENSION_CHAIN
 
 
 def _jumbo_length(opts: bytes) -> int:
