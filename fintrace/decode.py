@@ -298,6 +298,10 @@ def _ipv4_packet(
         total = reported
     elif total < ihl:
         return SkipReason.BAD_IP_HEADER
+    elif total > reported:
+        # A length past the end of the frame lies; like Wireshark, count only
+        # the bytes the frame had on the wire.
+        total = reported
     src = pkt[off + 12 : off + 16]
     dst = pkt[off + 16 : off + 20]
     if frag & 0x3FFF:
@@ -369,8 +373,11 @@ def _ipv6_packet(
         return SkipReason.IPV6_EXTENSION_CHAIN
     if p > n:
         return SkipReason.TRUNCATED_IP
-    if plen == 0:
-        plen = (origlen - off - 40) if origlen > off + 40 else n - off - 40
+    reported = (origlen if origlen >= n else n) - off - 40
+    if plen == 0 or plen > reported:
+        # Jumbogram without its option, or a length past the end of the
+        # frame: like Wireshark, count the bytes the frame had on the wire.
+        plen = reported
     total_end = off + 40 + plen
     if total_end < p:
         return SkipReason.BAD_IP_HEADER
