@@ -105,7 +105,10 @@ _ipv6 = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
 _tcp = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
 _tcp_short = struct.Struct(">IIBBH").unpack_from
 
-# Fast path layouts, offsets from the start of the IP header.
+# Fast path layouts. Ethernet + IPv4 from the start of the frame: ethertype,
+# then the IPv4 and TCP fields below.
+_E4 = struct.Struct(">12xHBxH2xHxB10x4xIIBBH").unpack_from
+# Offsets from the start of the IP header.
 _F4 = struct.Struct(">BxH2xHxB10x4xIIBBH").unpack_from  # vihl,len,frag,proto,seq,ack,off,flags,win
 _F6 = struct.Struct(">4xHB33x4xIIBBH").unpack_from  # plen, nh, seq, ack, off, flags, win
 
@@ -486,18 +489,48 @@ def _icmp_error(proto: int, pkt: bytes, p: int) -> Decoded | SkipReason:
         if n < q + 20 or pkt[q] >> 4 != 4:
             return SkipReason.NOT_TCP
         ihl = (pkt[q] & 15) * 4
-        if pkt[q + 9] != PROTO_TCP or ihl < 20 or _u16(pkt, q + 6)[0] & 0x1FFF:
+        # Wireshark does not reassemble quoted fragments: a first fragment
+        # (MF set) quotes no TCP for it either.
+        if pkt[q + 9] != PROTO_TCP or ihl < 20 or _u16(pkt, q + 6)[0] & 0x3FFF:
             return SkipReason.NOT_TCP
         src, dst, t = pkt[q + 12 : q + 16], pkt[q + 16 : q + 20], q + ihl
     else:
-        if n < q + 40 or pkt[q] >> 4 != 6 or pkt[q + 6] != PROTO_TCP:
+        if n < q + 40 or pkt[q] >> 4 != 6:
             return SkipReason.NOT_TCP
-        src, dst, t = pkt[q + 8 : q + 24], pkt[q + 24 : q + 40], q + 40
+        src, dst = pkt[q + 8 : q + 24], pkt[q + 24 : q + 40]
+        nh, t = _quoted_ipv6_transport(pkt, q)
+        if nh != PROTO_TCP:
+            return SkipReason.NOT_TCP
     if n < t + 16:
         return SkipReason.NOT_TCP
     seq, ack, _offb, flags, win = _tcp_short(pkt, t + 4)
     key = src + dst + pkt[t : t + 4]
     return Decoded(key, seq, ack, flags | QUOTED, 0, win, -1)
+
+
+def _quoted_ipv6_transport(pkt: bytes, q: int) -> tuple[int, int]:
+    """(next header, offset) past the extension headers of a quoted IPv6 packet.
+
+    Wireshark reads TCP behind extension headers in a quoted packet too, but
+    not behind a fragment header other than an atomic one.
+    """
+    n = len(pkt)
+    nh = pkt[q + 6]
+    p = q + 40
+    for _ in range(MAX_IPV6_EXTENSIONS):
+        if nh == PROTO_TCP or n < p + 8:
+            break
+        if nh in IPV6_EXTENSIONS:
+            hlen = (pkt[p + 1] + 1) * 8
+        elif nh == IPV6_AH:
+            hlen = (pkt[p + 1] + 2) * 4
+        elif nh == IPV6_FRAGMENT and _u16(pkt, p + 2)[0] & 0xFFF9 == 0:
+            hlen = 8
+        else:
+            break
+        nh = pkt[p]
+        p += hlen
+    return nh, p
 
 
 def _tcp_segment(
@@ -523,97 +556,163 @@ def _tcp_segment(
 # -- the loop -------------------------------------------------------------------
 
 
+class DecodeStats:
+    """What the decode loop saw of one file: frames, time span, skip reasons."""
+
+    __slots__ = ("first_ts", "frames", "last_ts", "skipped")
+
+    def __init__(self, skipped: Counter[str]) -> None:
+        self.skipped = skipped
+        self.frames = 0
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+
+
 def segments(
     records: Iterator[Record],
-    skipped: Counter[str],
+    stats: DecodeStats,
     frags: Reassembler,
     *,
     general_only: bool = False,
 ) -> Iterator[Segment]:
-    """Every TCP segment of ``records``; what is not one is counted in ``skipped``.
+    """Every TCP segment of ``records``; what is not one is counted in ``stats``.
 
     Frames are numbered from 1 in record order. ``general_only`` sends every
     packet through :func:`decode_packet` (the tests prove both paths agree).
     """
     if general_only:
-        yield from _general_segments(records, skipped, frags)
+        yield from _general_segments(records, stats, frags)
         return
+    e4 = _E4
     f4 = _F4
     f6 = _F6
+    skipped = stats.skipped
     frame = 0
-    for ts, buf, off, caplen, origlen, lt in records:
-        frame += 1
-        # Fast path: find the IP header for the common link types.
-        if lt == LT_ETHERNET:
-            ip = off + 14
-            if caplen >= 54 and buf[off + 12] == 8 and buf[off + 13] == 0:
-                ver = 4
-            elif caplen >= 74 and buf[off + 12] == 0x86 and buf[off + 13] == 0xDD:
-                ver = 6
+    ts = 0.0
+    try:
+        for ts, buf, off, caplen, origlen, lt in records:
+            frame += 1
+            if frame == 1:
+                stats.first_ts = ts
+            # Fast path. Ethernet + IPv4 (most traffic) in one unpack.
+            if lt == LT_ETHERNET:
+                if caplen >= 54:
+                    et, vihl, total, frag, proto, seq, ack, offb, flags, win = e4(buf, off)
+                    if et == ET_IPV4:
+                        if (
+                            vihl == 0x45
+                            and proto == 6
+                            and not frag & 0x3FFF
+                            and not flags & SYN
+                            and offb >= 0x50
+                            and 40 <= total <= origlen - 14
+                        ):
+                            plen = total - 20 - ((offb >> 4) << 2)
+                            if plen >= 0:
+                                yield (
+                                    frame,
+                                    ts,
+                                    buf[off + 26 : off + 38],
+                                    seq,
+                                    ack,
+                                    flags,
+                                    plen,
+                                    win,
+                                    -1,
+                                )
+                                continue
+                        ver = 0
+                    elif et == ET_IPV6 and caplen >= 74:
+                        ver = 6
+                    else:
+                        ver = 0
+                else:
+                    ver = 0
+                ip = off + 14
+            elif lt == LT_LINUX_SLL:
+                ip = off + 16
+                if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
+                    ver = 4
+                elif caplen >= 76 and buf[off + 14] == 0x86 and buf[off + 15] == 0xDD:
+                    ver = 6
+                else:
+                    ver = 0
+            elif lt == LT_LINUX_SLL2:
+                ip = off + 20
+                if caplen >= 60 and buf[off] == 8 and buf[off + 1] == 0:
+                    ver = 4
+                elif caplen >= 80 and buf[off] == 0x86 and buf[off + 1] == 0xDD:
+                    ver = 6
+                else:
+                    ver = 0
+            elif lt in (LT_RAW, LT_IPV4, LT_IPV6):
+                ip = off
+                ver = buf[off] >> 4 if caplen >= 40 else 0
+                if ver == 6 and caplen < 60:
+                    ver = 0
             else:
+                ip = off
                 ver = 0
-        elif lt == LT_LINUX_SLL:
-            ip = off + 16
-            if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
-                ver = 4
-            elif caplen >= 76 and buf[off + 14] == 0x86 and buf[off + 15] == 0xDD:
-                ver = 6
+            if ver == 4:
+                hdr = ip - off
+                vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
+                # TCP right after a 20-byte header, not a fragment, lengths that
+                # add up inside the frame, no SYN (its options are read below).
+                if (
+                    vihl == 0x45
+                    and proto == 6
+                    and not frag & 0x3FFF
+                    and not flags & SYN
+                    and offb >= 0x50
+                    and 40 <= total <= origlen - hdr
+                ):
+                    plen = total - 20 - ((offb >> 4) << 2)
+                    if plen >= 0:
+                        yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
+                        continue
+            elif ver == 6:
+                hdr = ip - off
+                plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
+                if (
+                    nh == 6
+                    and not flags & SYN
+                    and offb >= 0x50
+                    and plen
+                    and plen + 40 <= origlen - hdr
+                ):
+                    plen -= (offb >> 4) << 2
+                    if plen >= 0:
+                        yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
+                        continue
+            # General path.
+            d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
+            if type(d) is Decoded:
+                yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
             else:
-                ver = 0
-        elif lt == LT_LINUX_SLL2:
-            ip = off + 20
-            if caplen >= 60 and buf[off] == 8 and buf[off + 1] == 0:
-                ver = 4
-            elif caplen >= 80 and buf[off] == 0x86 and buf[off + 1] == 0xDD:
-                ver = 6
-            else:
-                ver = 0
-        elif lt in (LT_RAW, LT_IPV4, LT_IPV6):
-            ip = off
-            ver = buf[off] >> 4 if caplen >= 40 else 0
-            if ver == 6 and caplen < 60:
-                ver = 0
-        else:
-            ip = off
-            ver = 0
-        hdr = ip - off
-        if ver == 4:
-            vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
-            # TCP right after a 20-byte header, not a fragment, lengths that
-            # add up inside the frame, no SYN (its options are read below).
-            if (
-                vihl == 0x45
-                and proto == 6
-                and not frag & 0x3FFF
-                and not flags & SYN
-                and offb >= 0x50
-                and 40 <= total <= origlen - hdr
-            ):
-                plen = total - 20 - ((offb >> 4) << 2)
-                if plen >= 0:
-                    yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
-                    continue
-        elif ver == 6:
-            plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
-            if nh == 6 and not flags & SYN and offb >= 0x50 and plen and plen + 40 <= origlen - hdr:
-                plen -= (offb >> 4) << 2
-                if plen >= 0:
-                    yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
-                    continue
-        # General path.
-        d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
-        if type(d) is Decoded:
-            yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
-        else:
-            skipped[d] += 1  # type: ignore[index]
+                skipped[d] += 1  # type: ignore[index]
+    finally:
+        stats.frames = frame
+        if frame:
+            stats.last_ts = ts
 
 
 def _general_segments(
-    records: Iterator[Record], skipped: Counter[str], frags: Reassembler
+    records: Iterator[Record], stats: DecodeStats, frags: Reassembler
 ) -> Iterator[Segment]:
-    for frame, (ts, buf, off, caplen, origlen, lt) in enumerate(records, 1):
-        d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
-        if type(d) is Decoded:
-            yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
-        else:
-            skipped[d] += 1  # type: ignore[index]
+    skipped = stats.skipped
+    frame = 0
+    ts = 0.0
+    try:
+        for ts, buf, off, caplen, origlen, lt in records:
+            frame += 1
+            if frame == 1:
+                stats.first_ts = ts
+            d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
+            if type(d) is Decoded:
+                yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
+            else:
+                skipped[d] += 1  # type: ignore[index]
+    finally:
+        stats.frames = frame
+        if frame:
+            stats.last_ts = ts

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
 from fintrace.classify import classify, roles
-from fintrace.decode import SUPPORTED_LINKTYPES, segments
+from fintrace.decode import SUPPORTED_LINKTYPES, DecodeStats, segments
 from fintrace.errors import FintraceError
 from fintrace.flowtable import FlowTable
 from fintrace.interop import community_id, zeek_conn_state
@@ -113,36 +113,6 @@ class CaptureInfo:
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
         }
-
-
-class _FileStats:
-    """Counters the decode loop fills for one file."""
-
-    __slots__ = ("first_ts", "frames", "last_ts")
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self.first_ts: float | None = None
-        self.last_ts: float | None = None
-
-
-def _counted(
-    records: Iterator[tuple[float, bytes, int, int, int, int]], stats: _FileStats
-) -> Iterator[tuple[float, bytes, int, int, int, int]]:
-    """Pass records through, noting how many and their time span."""
-    n = 0
-    ts = 0.0
-    try:
-        for rec in records:
-            if n == 0:
-                stats.first_ts = rec[0]
-            n += 1
-            ts = rec[0]
-            yield rec
-    finally:
-        stats.frames = n
-        if n:
-            stats.last_ts = ts
 
 
 def ip_text(raw: bytes) -> str:
@@ -245,9 +215,9 @@ class Run:
         table.begin_file(index)
         skipped: Counter[str] = Counter()
         frags = Reassembler(skipped)
-        stats = _FileStats()
-        records = _counted(self._with_progress(cap), stats)
-        for conn in table.consume(segments(records, skipped, frags)):
+        stats = DecodeStats(skipped)
+        records = cap.records() if self._progress is None else self._with_progress(cap)
+        for conn in table.consume(segments(records, stats, frags)):
             yield self._connection(conn, table.now)
         frags.finish()
         info.packets = stats.frames
