@@ -233,8 +233,8 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(NUMBERINGS),
             default=NUMBERINGS[0],
             show_default=True,
-            help="Stream numbering rules: Wireshark 4.0's, or the contract's (also "
-            "splitting at a SYN after FIN/RST, as newer Wireshark does).",
+            help="Number streams as this Wireshark release does (4.4 also starts a new "
+            "stream at a SYN or SYN+ACK after a FIN or RST).",
         ),
         click.option(
             "--ephemeral-ports",

@@ -17,9 +17,11 @@ Streams are numbered exactly as Wireshark 4.0 (``packet-tcp.c``) numbers
   SYN, minus one otherwise) or, before that, by the ACK number minus one of a
   segment from the other direction carrying ACK. Segments quoted in ICMP
   errors and malformed headers set no base;
-* with ``numbering="contract"`` (what ``../shared/TEARDOWN.md`` states, and
-  newer Wireshark releases do) any SYN or SYN+ACK after a FIN or RST on the
-  4-tuple also starts a new stream.
+* with ``numbering="wireshark-4.4"`` (checked against tshark 4.4.18; what
+  ``../shared/TEARDOWN.md`` states) a SYN+ACK also starts a new stream when
+  its sequence number differs from its direction's base, and any SYN or
+  SYN+ACK starts one after a FIN (not a SYN+FIN) or a RST was seen on the
+  stream, quoted in an ICMP error or not.
 
 Finished connections leave the table: a connection superseded by a new
 stream on its 4-tuple at once, a closed or reset one when ``linger`` seconds
@@ -44,7 +46,8 @@ _FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
 #: How often, in packet-time seconds, lingering connections are looked at.
 _EXPIRY_EVERY = 1.0
 
-NUMBERINGS = ("wireshark-4.0", "contract")
+#: Stream numbering rules, by the Wireshark release they were checked against.
+NUMBERINGS = ("wireshark-4.0", "wireshark-4.4")
 
 
 def reverse_key(key: bytes) -> bytes:
@@ -67,7 +70,7 @@ class FlowTable:
         if numbering not in NUMBERINGS:
             raise ValueError(f"unknown numbering {numbering!r}")
         self.linger = linger
-        self.split_after_close = numbering == "contract"
+        self.numbering_44 = numbering == "wireshark-4.4"
         self.table: dict[bytes, Half] = {}
         #: Live connections in order of creation (a dict used as an ordered set).
         self.live: dict[Tracker, None] = {}
@@ -156,6 +159,8 @@ class FlowTable:
             if flags & ACK and h.peer.ws_base < 0:
                 h.peer.ws_base = (ack - 1) & M32
         conn = h.conn
+        if flags & RST or flags & (FIN | SYN) == FIN:
+            conn.ws_closing = True
         was_terminal = conn.terminal
         conn.segment(h, frame, ts, seq, ack, flags, plen, win, wscale)
         if conn.terminal and not was_terminal:
@@ -168,12 +173,10 @@ class FlowTable:
         return done
 
     def _starts_new_stream(self, h: Half, seq: int, flags: int) -> bool:
-        if flags & ACK == 0 and h.ws_base >= 0 and seq != h.ws_base:
-            return True
-        if self.split_after_close:
-            conn = h.conn
-            return conn.rst_from is not None or conn.a.fin_seq >= 0 or conn.b.fin_seq >= 0
-        return False
+        """Whether a segment with SYN set begins a new stream (Wireshark's rules)."""
+        if self.numbering_44:
+            return h.conn.ws_closing or (h.ws_base >= 0 and seq != h.ws_base)
+        return not flags & ACK and h.ws_base >= 0 and seq != h.ws_base
 
     def _number(self) -> int:
         n = self.next_stream

@@ -165,6 +165,7 @@ class Tracker:
         "terminal",
         "trace",
         "transitions",
+        "ws_closing",
     )
 
     def __init__(
@@ -194,6 +195,10 @@ class Tracker:
         self.rst_lost = 0
         self.rst_count = 0
         self.reuse: tuple[int, float] | None = None
+        # Wireshark 4.4's conversation completeness FIN or RST bit (any FIN
+        # without SYN, any RST, quoted in ICMP errors too): set and read by
+        # the flow table's stream numbering only.
+        self.ws_closing = False
         # Per file of a multi-file run: [capture index, stream, first frame,
         # last frame, packets before this file]; the open span's last frame
         # and packets are derived from the counters when it closes.
