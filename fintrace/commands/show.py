@@ -1,0 +1,77 @@
+"""``fintrace show CAPTURE STREAM``: one connection as a ladder diagram."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from fintrace.cli import Progress, _errors, build_options
+from fintrace.errors import FintraceError
+from fintrace.flowtable import NUMBERINGS
+from fintrace.model import ExitCode
+from fintrace.pipeline import analyze
+from fintrace.render.ladder import render_ladder, rows
+
+
+@click.command("show")
+@click.argument("capture", type=click.Path(dir_okay=True, allow_dash=False))
+@click.argument("stream", type=click.IntRange(min=0))
+@click.option("--all", "everything", is_flag=True, help="Every segment, not only the close.")
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Idle time after which a CLOSE_WAIT counts as stuck.",
+)
+@click.option(
+    "--numbering",
+    type=click.Choice(NUMBERINGS),
+    default=NUMBERINGS[0],
+    show_default=True,
+    help="Stream numbering rules (as for analyze).",
+)
+@click.option("--color/--no-color", default=None, help="Force colour on or off.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def command(
+    *,
+    capture: str,
+    stream: int,
+    everything: bool,
+    stuck_after: float,
+    numbering: str,
+    color: bool | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Draw tcp.stream STREAM of CAPTURE: every segment's arrow and both sides' states."""
+    with _errors(debug):
+        options = build_options(
+            captures=(capture,),
+            separate=False,
+            stuck_after=stuck_after,
+            msl=30.0,
+            # Keep every connection to the end: the one asked for may end early.
+            linger=None,
+            numbering=numbering,
+            ephemeral_ports=28232,
+            trace=frozenset({stream}),
+        )
+        with Progress(not quiet and sys.stderr.isatty()) as report:
+            run = analyze(options, report)
+            found = None
+            count = 0
+            for conn in run.connections():
+                count += 1
+                if conn.stream == stream:
+                    found = conn
+        if found is None or stream not in run.traces:
+            have = f"streams 0–{count - 1}" if count else "no TCP connections"
+            raise FintraceError(f"{capture}: no tcp.stream {stream} (the capture has {have})")
+        console = Console(force_terminal=color, no_color=color is False)
+        render_ladder(console, found, rows(found, run.traces[stream]), everything=everything)
+    sys.exit(ExitCode.OK)
