@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import CAPTURES
 
 from fintrace.check import Checker, RuleResult
 from fintrace.cli import main
@@ -28,6 +27,8 @@ from fintrace.policy import (
     load_pyproject,
     parse_table,
 )
+
+from conftest import CAPTURES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -411,3 +412,19 @@ def test_github_property_escaping() -> None:
     assert line.startswith("::error title=fintrace check max_stuck[10.0.0.11%3A5432]::")
     assert "a,b.pcap: 50%25 done%0Anext%0Astreams: tcp.stream in {4}" in line
     assert ANNOTATION.match(line)
+
+
+def test_the_policies_in_docs_ci_md_are_valid() -> None:
+    import tomllib
+
+    from fintrace.policy import _section
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 2
+    for block in blocks:
+        doc = tomllib.loads(block)
+        table = _section(doc) or doc
+        assert parse_table(table, source="ci.md", where="ci.md").rules

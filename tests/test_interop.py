@@ -7,10 +7,11 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import CAPTURES
 
 from fintrace.interop import LIKELY_SERVER_PORTS, community_id
 from fintrace.pipeline import AnalyzeOptions, analyze
+
+from conftest import CAPTURES
 
 sys.path.insert(0, str(CAPTURES / "zeek"))
 
