@@ -428,3 +428,24 @@ def test_the_policies_in_docs_ci_md_are_valid() -> None:
         doc = tomllib.loads(block)
         table = _section(doc) or doc
         assert parse_table(table, source="ci.md", where="ci.md").rules
+
+
+def test_exit_codes_are_the_documented_table() -> None:
+    from fintrace.model import ExitCode
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    table = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.MULTILINE)}
+    assert documented == {int(c) for c in ExitCode} == {0, 1, 2, 130}
+
+
+def test_exit_130_when_interrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(self: Checker, conn: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checker, "add", interrupt)
+    r = cli("--max-stuck", "0", DEMO)
+    assert r.exit_code == 130
+    assert r.output.strip() == "fintrace: interrupted"
