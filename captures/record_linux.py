@@ -72,15 +72,15 @@ def _version(*cmd: str) -> str:
     return (done.stdout or done.stderr).splitlines()[0].strip()
 
 
-def _same_traffic(files: dict[str, list[wire.Seg]]) -> None:
+def _same_traffic(files: dict[str, wire.Capture]) -> None:
     """Every variant holds the same TCP segments with the same stream numbers."""
 
     def shape(segs: list[wire.Seg]) -> list[tuple[Any, ...]]:
         return [(s.stream, s.src, s.sport, s.dport, s.flags, s.seq, s.ack, s.length) for s in segs]
 
-    reference = shape(files["linux_veth.pcap"])
-    for name, segs in files.items():
-        if shape(segs) != reference:
+    reference = shape(files["linux_veth.pcap"].segs)
+    for name, cap in files.items():
+        if shape(cap.segs) != reference:
             raise LabelError(f"{name} does not hold the same TCP segments as linux_veth.pcap")
 
 

@@ -58,8 +58,9 @@ class Conn:
     gone_why: str = ""
     #: ss seen for this 4-tuple before a later connection took the 4-tuple over.
     ss_before_reuse: dict[str, str | None] | None = None
-    #: ss taken in the middle of the scenario, for docs/linux-behaviour.md.
-    ss_during: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: ss taken in the middle of the scenario: each side's state and the
+    #: wall-clock window (the capture's clock) in which ss looked.
+    ss_during: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The close type follows the wire: piggybacked if the passive side's
     #: first ACK of the active FIN carries its own FIN, else graceful.
     fin_order_from_wire: bool = False
@@ -125,6 +126,13 @@ class Ctx:
         cs = parse_ss(self.lab.ss(self.lab.client)).get((cip, cport, sip, sport))
         ss_ = parse_ss(self.lab.ss(self.lab.server)).get((sip, sport, cip, cport))
         return {"client": cs, "server": ss_}
+
+    def look(self, conn: Conn, moment: str) -> None:
+        """Write down what ss says about ``conn`` now, and when that was."""
+        before = time.time()
+        states: dict[str, Any] = self.ss_pair(conn)
+        states["at"] = [round(before, 6), round(time.time(), 6)]
+        conn.ss_during[moment] = states
 
     def wait_ss(
         self, conn: Conn, done: Callable[[dict[str, str | None]], bool]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from linux.driver import Conn
 
 SIDES = ("client", "server")
+NO_PASSIVE_SIDE = ("simultaneous", "reset", "refused", "open")
 
 
 class LabelError(RuntimeError):
@@ -85,8 +86,8 @@ def _streams(segs: list[wire.Seg]) -> dict[tuple[tuple[str, int], int], int]:
     return out
 
 
-def _frames(stream: list[wire.Seg], conn: Conn) -> dict[str, Any]:
-    """Where the connection lies in one capture file, as tshark numbers frames."""
+def _frames(stream: list[wire.Seg], conn: Conn, end_ts: float) -> dict[str, Any]:
+    """Where the connection lies in one capture file, as tshark numbers and times frames."""
 
     def first(side: tuple[str, int], flag: int) -> int | None:
         return next((s.frame for s in stream if s.flags & flag and (s.src, s.sport) == side), None)
@@ -101,19 +102,23 @@ def _frames(stream: list[wire.Seg], conn: Conn) -> dict[str, Any]:
             "server": first(conn.server, wire.FIN),
         },
         "rst_frame": rsts[0] if rsts else None,
+        # TEARDOWN.md defines it for a passive side only: not for a simultaneous close.
+        "close_wait_s": None
+        if conn.expect["close_type"] in NO_PASSIVE_SIDE
+        else wire.close_wait_s(stream, end_ts),
     }
 
 
 def build(
-    conns: list[Conn], ss_client: str, ss_server: str, files: dict[str, list[wire.Seg]]
+    conns: list[Conn], ss_client: str, ss_server: str, files: dict[str, wire.Capture]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The labels, and every place the kernel did not do what the script predicted.
 
     ``files`` maps each capture's name to its segments; the first is the reference.
     """
     ss_c, ss_s = parse_ss(ss_client), parse_ss(ss_server)
-    segs = next(iter(files.values()))
-    per_file = {name: wire.by_stream(file_segs) for name, file_segs in files.items()}
+    segs = next(iter(files.values())).segs
+    per_file = {name: wire.by_stream(cap.segs) for name, cap in files.items()}
     streams = wire.by_stream(segs)
     tshark_stream = _streams(segs)
     incarnations: dict[tuple[str, int], int] = {}
@@ -161,7 +166,7 @@ def build(
                 "app_errors": conn.errors,
                 "ss_during": conn.ss_during,
                 "frames": {
-                    name: _frames(streams_[conn.stream], conn)
+                    name: _frames(streams_[conn.stream], conn, files[name].end_ts)
                     for name, streams_ in per_file.items()
                 },
                 "wire": _ladder(stream, conn),

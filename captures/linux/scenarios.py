@@ -58,7 +58,9 @@ def graceful_client_first(ctx: Ctx) -> None:
     exchange(c, s)
     c.close()
     read_to_eof(s)
+    ctx.look(conn, "client closed, server read EOF")
     time.sleep(PASSIVE_DELAY_S)
+    ctx.look(conn, "before the server's close()")
     s.close()
     conn.did = [
         "request and response",
@@ -74,7 +76,9 @@ def graceful_server_first(ctx: Ctx) -> None:
     exchange(c, s)
     s.close()
     read_to_eof(c)
+    ctx.look(conn, "server closed, client read EOF")
     time.sleep(PASSIVE_DELAY_S)
+    ctx.look(conn, "before the client's close()")
     c.close()
     conn.did = [
         "request and response",
@@ -118,7 +122,7 @@ def simultaneous(ctx: Ctx) -> None:
                 us.sendto(FILLER, (conn.client[0], 9))
             c.close()
             s.close()
-            conn.ss_during["both closed, FINs queued"] = ctx.ss_pair(conn)
+            ctx.look(conn, "both closed, FINs queued")
             ctx.wait_ss(
                 conn,
                 lambda now: (
@@ -147,6 +151,7 @@ def half_close(ctx: Ctx) -> None:
     for _ in range(CHUNKS):
         s.sendall(CHUNK)
         time.sleep(0.01)
+    ctx.look(conn, "server sent its data, before its close()")
     s.close()
     read_to_eof(c)
     c.close()
@@ -213,7 +218,7 @@ def data_after_close(ctx: Ctx) -> None:
     s.close()
     read_to_eof(c)
     time.sleep(SETTLE_S)
-    conn.ss_during["server closed, FIN acknowledged"] = ctx.ss_pair(conn)
+    ctx.look(conn, "server closed, FIN acknowledged")
     c.sendall(LATE)
     conn.errors["client"] = reset_seen(c)
     conn.did = [
@@ -254,7 +259,7 @@ def lost_final_ack(ctx: Ctx) -> None:
             read_to_eof(s)
             time.sleep(PASSIVE_DELAY_S)
             s.close()
-        conn.ss_during["final ACK dropped"] = ctx.ss_pair(conn)
+        ctx.look(conn, "final ACK dropped")
         ctx.wait_ss(conn, lambda now: now["server"] is None)
     finally:
         netns.sysctl(ctx.lab.server, "net.ipv4.tcp_rto_min_us", old)
@@ -333,6 +338,8 @@ def close_wait(ctx: Ctx) -> None:
     exchange(c, s)
     c.close()
     read_to_eof(s)
+    time.sleep(SETTLE_S)
+    ctx.look(conn, "server read EOF")
     ctx.held.append(s)
     conn.did = [
         "request and response",
@@ -349,6 +356,7 @@ def idle_open(ctx: Ctx) -> None:
     with ctx.listen() as lst:
         conn, c, s = ctx.dial(lst, "idle_open")
     exchange(c, s)
+    ctx.look(conn, "after the exchange")
     ctx.held += [c, s]
     conn.did = ["request and response", "both keep their sockets open past the end"]
     conn.expect = closed(closer="", close_type="open")

@@ -26,6 +26,7 @@ FIELDS = (
     "tcp.seq_raw",
     "tcp.ack_raw",
     "tcp.len",
+    "frame.time_epoch",
 )
 
 
@@ -40,16 +41,28 @@ class Seg:
     seq: int
     ack: int
     length: int
+    ts: float
 
 
-def read(path: Path) -> list[Seg]:
-    cmd = ["tshark", "-n", "-r", str(path), "-Y", "tcp", "-T", "fields"]
+@dataclass(frozen=True, slots=True)
+class Capture:
+    segs: list[Seg]
+    #: Time of the capture's last packet, TCP or not: "the end of the capture".
+    end_ts: float
+
+
+def read(path: Path) -> Capture:
+    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields"]
     for f in FIELDS:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     segs = []
+    end_ts = 0.0
     for line in out.splitlines():
-        frame, stream, ip4, ip6, sport, dport, flags, seq, ack, length = line.split("\t")
+        frame, stream, ip4, ip6, sport, dport, flags, seq, ack, length, ts = line.split("\t")
+        end_ts = float(ts)
+        if not stream:
+            continue
         segs.append(
             Seg(
                 int(frame),
@@ -61,9 +74,10 @@ def read(path: Path) -> list[Seg]:
                 int(seq),
                 int(ack),
                 int(length),
+                float(ts),
             )
         )
-    return segs
+    return Capture(segs, end_ts)
 
 
 def by_stream(segs: list[Seg]) -> dict[int, list[Seg]]:
@@ -86,11 +100,8 @@ def _covers(ack: int, fin_end: int) -> bool:
     return (ack - fin_end) % 2**32 < 2**31
 
 
-def passive_fin_piggybacked(stream: list[Seg]) -> bool | None:
-    """Whether the first segment acknowledging the first FIN carries the peer's FIN.
-
-    None when no FIN or no acknowledgement of it is on the wire.
-    """
+def ack_of_first_fin(stream: list[Seg]) -> Seg | None:
+    """The peer's first segment acknowledging the stream's first FIN."""
     first = next((s for s in stream if s.flags & FIN), None)
     if first is None:
         return None
@@ -102,8 +113,28 @@ def passive_fin_piggybacked(stream: list[Seg]) -> bool | None:
             and s.flags & ACK
             and _covers(s.ack, fin_end)
         ):
-            return bool(s.flags & FIN)
+            return s
     return None
+
+
+def passive_fin_piggybacked(stream: list[Seg]) -> bool | None:
+    """Whether the first segment acknowledging the first FIN carries the peer's FIN.
+
+    None when no FIN or no acknowledgement of it is on the wire.
+    """
+    ack = ack_of_first_fin(stream)
+    return None if ack is None else bool(ack.flags & FIN)
+
+
+def close_wait_s(stream: list[Seg], end_ts: float) -> float | None:
+    """From the passive side's ACK of the first FIN to its own FIN (or the capture's end)."""
+    ack = ack_of_first_fin(stream)
+    if ack is None:
+        return None
+    fin = next(
+        (s for s in stream if s.flags & FIN and (s.src, s.sport) == (ack.src, ack.sport)), None
+    )
+    return (fin.ts if fin is not None else end_ts) - ack.ts
 
 
 def fins_sent(stream: list[Seg], sender: tuple[str, int]) -> int:
