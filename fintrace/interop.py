@@ -252,12 +252,15 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
     """
     if orig.syn_frame != conn.first_frame or orig is not conn.a:
         return False
-    if orig.synack_frame or orig.flags_seen & FIN:
+    rst_at = conn.rst_frame if conn.rst_from is orig else math.inf
+    if orig.synack_frame and orig.synack_frame < rst_at:
         return False
-    if orig.syn_frame == conn.rst_frame and conn.rst_from is orig:
+    # A FIN the tracker did not keep came after the RST (it ignores what follows one).
+    if orig.fin_frame and orig.fin_frame <= rst_at:
+        return False  # 'F' before the RST, or FIN+RST in one segment: 'I'
+    if orig.syn_frame == rst_at:
         return False  # SYN+RST in one segment: 'Q'
     if orig.bytes == 0:
-        rst_at = conn.rst_frame if conn.rst_from is orig else math.inf
         for half, state, frame, _ts in conn.transitions:
             if half is orig and state is State.ESTABLISHED and frame < rst_at:
                 return False

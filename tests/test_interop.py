@@ -162,3 +162,18 @@ def test_midstream_from_the_server_port_is_flipped(tmp_path: Path) -> None:
     write_pcap(str(path), f.packets)
     run = analyze(AnalyzeOptions(paths=(str(path),)))
     assert [c.zeek_conn_state for c in run.connections()] == ["SHR"]
+
+
+def test_a_fin_after_the_originators_rst_keeps_rstos0(tmp_path: Path) -> None:
+    # History "SRF": the RST comes before any F, so ^?S[^HAFGIQ]*R.* matches; the
+    # FIN after it leaves Zeek's RESET endpoint as it is.
+    from craft import Flow, write_pcap
+
+    f = Flow(client=("10.1.0.1", 40000), server=("10.1.0.2", 80))
+    f.c("S")
+    f.c("R")
+    f.c("F", seq=f.client_isn + 1)
+    path = tmp_path / "syn_rst_fin.pcap"
+    write_pcap(str(path), f.packets)
+    run = analyze(AnalyzeOptions(paths=(str(path),)))
+    assert [c.zeek_conn_state for c in run.connections()] == ["RSTOS0"]
