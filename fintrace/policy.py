@@ -96,8 +96,8 @@ class Rule:
     name: str
     limit: Limit
     scope: Scope | None = None
-    #: where the rule came from: "option", or the policy file's name
-    source: str = "option"
+    #: where the rule came from: "options", or the policy file's name
+    source: str = "options"
 
     @property
     def id(self) -> str:

@@ -306,6 +306,7 @@ def test_policy_option_and_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyP
     r = cli(DEMO)
     assert r.exit_code == 1, r.output  # refused forbidden, the database stuck
     assert "FAIL forbid " in r.output and "FAIL max_stuck[10.0.0.11:5432] " in r.output
+    assert r.output.splitlines()[0] == "fintrace check: rules from pyproject.toml"
     lenient = tmp_path / "lenient.toml"
     lenient.write_text("max_stuck = 1\n")
     r = cli("--policy", str(lenient), DEMO)  # replaces pyproject.toml
@@ -313,6 +314,7 @@ def test_policy_option_and_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "forbid" not in r.output
     r = cli("--policy", str(lenient), "--max-stuck", "0", DEMO)  # options win
     assert r.exit_code == 1, r.output
+    assert r.output.splitlines()[0] == "fintrace check: rules from options"
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,8 @@ def evidence_text(r: RuleResult) -> str | None:
 
 
 def text_lines(results: list[RuleResult]) -> Iterable[str]:
+    sources = list(dict.fromkeys(r.rule.source for r in results))
+    yield f"fintrace check: rules from {', '.join(sources)}"
     for r in results:
         yield f"{'PASS' if r.passed else 'FAIL'} {r.rule.id} {r.capture}: {r.message}"
         ev = evidence_text(r)
