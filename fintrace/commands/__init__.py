@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import click
 
-COMMANDS: tuple[str, ...] = ("check",)
+COMMANDS: tuple[str, ...] = ("check", "report")
 
 
 def register(group: click.Group) -> None:
