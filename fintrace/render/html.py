@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from array import array
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -29,7 +30,7 @@ from fintrace.render.table import duration, endpoint, when
 from fintrace.timeline import MAX_HOSTS, RESET_PHASES, Series, Timeline
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from fintrace.model import Connection
     from fintrace.pipeline import Run
@@ -68,12 +69,25 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 16, 14, 42
 # -- the connection table ------------------------------------------------------------------
 
 
+#: The table's integer columns (report.js reads them by name); strings are
+#: indices into the interned ``strings``.
+_INT_COLUMNS = (
+    "cap stream ch cp sh sp type closer rby rph tw stuck pk bc bs ff lf notes".split()  # noqa: SIM905
+)
+
+
 class _Table:
-    """Connections reduced to one tuple of numbers each; strings are interned."""
+    """Connections kept as typed columns, 8 bytes a value; strings are interned."""
 
     def __init__(self) -> None:
-        self.rows: list[tuple[Any, ...]] = []
+        self.ints = {name: array("q") for name in _INT_COLUMNS}
+        self.first = array("d")
+        self.last = array("d")
+        self.close_wait = array("d")  # NaN for none
         self.strings: dict[str, int] = {"": 0}
+
+    def __len__(self) -> int:
+        return len(self.first)
 
     def _s(self, text: str) -> int:
         i = self.strings.get(text)
@@ -93,66 +107,44 @@ class _Table:
         if c.roles_inferred:
             notes.append("roles inferred")
         notes.extend(c.anomalies)
-        self.rows.append(
-            (
-                s(c.capture),
-                c.stream,
-                s(c.client.ip),
-                c.client.port,
-                s(c.server.ip),
-                c.server.port,
-                s(c.close_type),
-                s(c.active_closer or ""),
-                s(c.reset_by or ""),
-                s(c.reset_phase or ""),
-                s(c.time_wait or ""),
-                c.first_ts,
-                c.last_ts,
-                c.close_wait_s,
-                int(c.stuck),
-                c.packets,
-                c.payload_bytes.client,
-                c.payload_bytes.server,
-                c.first_frame,
-                c.last_frame,
-                s(", ".join(notes)),
-            )
-        )
+        values = (
+            s(c.capture), c.stream, s(c.client.ip), c.client.port, s(c.server.ip),
+            c.server.port, s(c.close_type), s(c.active_closer or ""), s(c.reset_by or ""),
+            s(c.reset_phase or ""), s(c.time_wait or ""), int(c.stuck), c.packets,
+            c.payload_bytes.client, c.payload_bytes.server, c.first_frame, c.last_frame,
+            s(", ".join(notes)),
+        )  # fmt: skip
+        for column, v in zip(self.ints.values(), values, strict=True):
+            column.append(v)
+        self.first.append(c.first_ts)
+        self.last.append(c.last_ts)
+        self.close_wait.append(math.nan if c.close_wait_s is None else c.close_wait_s)
 
-    def blob(self, base: float) -> Markup:
-        """The rows as JSON columns, safe to place inside a ``<script>`` element."""
-        self.rows.sort(key=lambda r: (r[0], r[1]))
-        names = _COLUMNS
-        cols: dict[str, list[Any]] = {n: [] for n in names}
-        ms = _ms
-        for r in self.rows:
-            for name, v in zip(names[:11], r[:11], strict=True):
-                cols[name].append(v)
-            cols["t"].append(ms(r[11] - base))
-            cols["dur"].append(ms(r[12] - r[11]))
-            cols["cw"].append(None if r[13] is None else ms(r[13]))
-            for name, v in zip(names[14:], r[14:], strict=True):
-                cols[name].append(v)
-        data = {
-            "base_ms": base * 1000,
-            "page": PAGE_SIZE,
-            "strings": list(self.strings),
-            "cols": cols,
-        }
-        raw = orjson.dumps(data)
+    def blob(self, base: float) -> Iterator[Markup]:
+        """The rows in stream order as JSON columns, safe inside a ``<script>`` element,
+        one column at a time so that a large table is never held twice."""
+        cap, stream = self.ints["cap"], self.ints["stream"]
+        order = sorted(range(len(self)), key=lambda i: cap[i] << 40 | stream[i])
+        strings = orjson.dumps(list(self.strings))
         # '<', '>' and '&' only occur inside JSON strings, where the escapes mean the same.
-        raw = raw.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
-        return Markup(raw.decode())
-
-
-#: The table's columns, in the order of the row tuples (report.js reads them by name).
-_COLUMNS = (
-    "cap stream ch cp sh sp type closer rby rph tw t dur cw stuck pk bc bs ff lf notes".split()  # noqa: SIM905
-)
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
+        strings = strings.replace(b"<", b"\\u003c").replace(b">", b"\\u003e")
+        strings = strings.replace(b"&", b"\\u0026")
+        head = orjson.dumps({"base_ms": base * 1000, "page": PAGE_SIZE})[:-1]
+        yield Markup((head + b',"strings":' + strings + b',"cols":{').decode())
+        first, last, cw = self.first, self.last, self.close_wait
+        columns: list[tuple[str, Callable[[int], Any]]] = [
+            (name, col.__getitem__) for name, col in self.ints.items()
+        ]
+        columns += [
+            ("t", lambda i: round((first[i] - base) * 1000, 3)),
+            ("dur", lambda i: round((last[i] - first[i]) * 1000, 3)),
+            ("cw", lambda i: None if math.isnan(cw[i]) else round(cw[i] * 1000, 3)),
+        ]
+        for n, (name, value) in enumerate(columns):
+            sep = "," if n else ""
+            body = orjson.dumps([value(i) for i in order]).decode()
+            yield Markup(f'{sep}"{name}":{body}')
+        yield Markup("}}")
 
 
 # -- axes ----------------------------------------------------------------------------------
@@ -502,7 +494,7 @@ class HtmlRenderer:
             max_hosts=MAX_HOSTS,
             close_types=list(CloseType),
             colors={k.value: v for k, v in COLORS.items()},
-            listed=len(self.table.rows),
+            listed=len(self.table),
             data=self.table.blob(base),
             css=Markup(_asset("report.css")),
             script=Markup(_asset("report.js")),
