@@ -79,7 +79,8 @@ def stream_filter(streams: Sequence[int]) -> str:
     """A Wireshark display filter selecting these ``tcp.stream`` numbers."""
     if len(streams) == 1:
         return f"tcp.stream eq {streams[0]}"
-    return "tcp.stream in {" + " ".join(str(s) for s in streams) + "}"
+    # Wireshark 4.0 requires commas between set elements (whitespace alone is an error).
+    return "tcp.stream in {" + ", ".join(str(s) for s in streams) + "}"
 
 
 def duration(seconds: float) -> str:
