@@ -113,6 +113,14 @@ def test_filters_select_the_table_rows_but_not_the_summary(tmp_path: Path) -> No
     assert tooltip_total(page, "ends") == 6
 
 
+def test_several_captures_each_row_names_its_file(tmp_path: Path) -> None:
+    data = blob(report(tmp_path, str(DEMO), str(INCIDENT)))
+    s, cols = data["strings"], data["cols"]
+    files = [s[i] for i in cols["cap"]]
+    # make_demo.py: 6 connections; make_incident.py: 757.
+    assert (files.count(str(DEMO)), files.count(str(INCIDENT))) == (6, 757)
+
+
 def test_names_from_the_capture_are_escaped(tmp_path: Path) -> None:
     odd = tmp_path / "<i>&x.pcap"
     shutil.copy(DEMO, odd)
