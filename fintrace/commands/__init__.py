@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import click
 
-COMMANDS: tuple[str, ...] = ("check", "report")
+COMMANDS: tuple[str, ...] = ("check", "report", "show", "extract", "annotate")
 
 
 def register(group: click.Group) -> None:
