@@ -52,12 +52,12 @@ LABELS = load_labels(LINUX)
 
 
 @functools.cache
-def fintrace_streams(path: str) -> dict[int, Conn]:
+def fintrace_streams(path: str, **options: Any) -> dict[int, Conn]:
     """fintrace's connections of one capture, by stream (the core, as the CLI runs it)."""
     from fintrace.pipeline import AnalyzeOptions, analyze
     from fintrace.render.jsonout import connection_dict
 
-    run = analyze(AnalyzeOptions(paths=(path,)))
+    run = analyze(AnalyzeOptions(paths=(path,), **options))
     return {c["stream"]: c for c in map(connection_dict, run.connections())}
 
 
@@ -174,6 +174,30 @@ def test_fintrace_finds_exactly_the_labelled_connections(file: str) -> None:
     assert sorted(fintrace_streams(str(LINUX / file))) == [
         c["stream"] for c in LABELS["connections"]
     ]
+
+
+def test_both_numberings_split_the_reused_tuples_the_same_way() -> None:
+    """Each reuse follows a FIN exchange with a new ISN: the contract rule (Wireshark 4.4's)
+    and Wireshark 4.0's agree."""
+    path = str(LINUX / "linux_veth.pcap")
+    wireshark = fintrace_streams(path)
+    contract = fintrace_streams(path, numbering="wireshark-4.4")
+    assert {n: (c["client"], c["close_type"]) for n, c in contract.items()} == {
+        n: (c["client"], c["close_type"]) for n, c in wireshark.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "label",
+    [c for c in LABELS["connections"] if c["expect"]["close_type"] == "close_wait"],
+    ids=lambda c: f"{c['stream']}",
+)
+def test_stuck_follows_the_idle_time_the_wire_shows(label: Label) -> None:
+    """The passive side's last segment is its ACK of the FIN: idle from there to the end."""
+    path = str(LINUX / "linux_veth.pcap")
+    idle = label["frames"]["linux_veth.pcap"]["close_wait_s"]
+    assert fintrace_streams(path, stuck_after=idle - 0.05)[label["stream"]]["stuck"] is True
+    assert fintrace_streams(path, stuck_after=idle + 0.05)[label["stream"]]["stuck"] is False
 
 
 def test_labels_cover_every_scenario_over_both_ip_versions() -> None:
