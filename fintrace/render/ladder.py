@@ -185,7 +185,7 @@ def render_ladder(
     console.print()
     console.print(Text("Verdict: ", style="bold") + Text(conn.close_type.value, style="bold"))
     for reason in explain(conn):
-        console.print(Padding(reason, (0, 0, 0, 2)))
+        console.print(Padding(reason, (0, 0, 0, 2), expand=False))
 
 
 def _side(conn: Connection, role: Role | str | None) -> str:
@@ -219,9 +219,8 @@ def explain(conn: Connection) -> list[str]:
         )
     elif kind is CloseType.RESET:
         phase = PHASES.get(str(conn.reset_phase), str(conn.reset_phase))
-        out.append(
-            f"{_side(conn, conn.reset_by).capitalize()} sent RST in frame {conn.rst_frame}, {phase}."
-        )
+        sender = _side(conn, conn.reset_by).capitalize()
+        out.append(f"{sender} sent RST in frame {conn.rst_frame}, {phase}.")
         if conn.rst_lost_bytes:
             out.append(
                 f"{conn.rst_lost_bytes} bytes sent by {_side(conn, _other(conn.reset_by))} were "
