@@ -14,8 +14,10 @@ Two operations, both streaming (a file is never held in memory):
 
 Packet records are copied as they are on disk, so timestamps keep their
 exact resolution (nanoseconds included) and existing comments stay. Frames
-are numbered as :mod:`fintrace.reader` numbers them: every packet record,
-in file order, from 1. A gzip-compressed input is read through gzip; the
+are numbered as Wireshark numbers ``frame.number``: every packet record, in
+file order, from 1; in pcapng also the systemd journal and custom blocks
+Wireshark 4.0 lists as frames (``extract`` leaves those out: they are no
+connection's packets). A gzip-compressed input is read through gzip; the
 output is never compressed. Records after damage in the file (a length
 that cannot be, a record cut off) are not copied: fintrace did not analyse
 them either.
@@ -44,6 +46,9 @@ PB = 2
 SPB = 3
 EPB = 6
 PACKET_BLOCKS = frozenset({PB, SPB, EPB})
+#: Blocks Wireshark 4.0 lists as frames although they hold no packet: a
+#: systemd journal export and custom blocks. They take a frame number.
+RECORD_BLOCKS = frozenset({9, 0x00000BAD, 0x40000BAD})
 OPT_COMMENT = 1
 #: As the reader: larger records mean a damaged file, not a huge packet.
 MAX_RECORD = 262_144
@@ -137,7 +142,7 @@ class _Input:
             yield frame, rh, data
 
     def pcapng_blocks(self) -> Iterator[tuple[int, int, str, bytes]]:
-        """(frame or 0, block type, byte order of its section, the whole block)."""
+        """(frame number or 0 for a block that is no frame, block type, byte order, the block)."""
         endian = "<"
         frame = 0
         first = self._pending
@@ -159,7 +164,7 @@ class _Input:
             if len(rest) < blen - len(head):
                 return
             block = head + rest
-            if btype in PACKET_BLOCKS:
+            if btype in PACKET_BLOCKS or btype in RECORD_BLOCKS:
                 frame += 1
                 yield frame, btype, endian, block
             else:
@@ -317,7 +322,7 @@ def annotate(path: str, comments: Mapping[int, str], output: str) -> Written:
             n = uncommented = 0
             for frame, btype, endian, block in src.pcapng_blocks():
                 note = comments.get(frame) if frame else None
-                if note is not None and btype != SPB:
+                if note is not None and btype in (EPB, PB):
                     out.write(_with_comment(btype, endian, block, note))
                 else:
                     # A simple packet block has no room for options.
