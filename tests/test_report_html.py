@@ -130,6 +130,14 @@ def test_names_from_the_capture_are_escaped(tmp_path: Path) -> None:
     assert "\\u003ci\\u003e\\u0026x.pcap" in page  # inside the JSON blob
 
 
+def test_an_unreadable_capture_leaves_no_page(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "-q", str(tmp_path / "nope.pcap"), "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.output.startswith("fintrace: error: ")
+    assert not out.exists()
+
+
 def test_a_capture_without_tcp_still_gives_a_page(tmp_path: Path) -> None:
     from craft import write_pcap
 

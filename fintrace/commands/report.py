@@ -7,14 +7,15 @@ import sys
 import click
 
 from fintrace.cli import (
+    Progress,
     _errors,
     _open_output,
     analysis_options,
     build_filters,
     build_options,
-    run_analysis,
 )
 from fintrace.model import ExitCode
+from fintrace.pipeline import analyze
 
 
 @click.command("report")
@@ -64,11 +65,16 @@ def command(
         keep = build_filters(
             close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
         )
-        with _open_output(output) as out:
-            renderer = HtmlRenderer(out, keep=keep)
-            # The renderer sees every connection (its charts cover them all)
-            # and applies the filters to its table itself.
-            run_analysis(
-                options, renderer, lambda _: True, progress=not quiet and sys.stderr.isatty()
-            )
+        with Progress(not quiet and sys.stderr.isatty()) as progress:
+            # Every capture is opened here: one that cannot be read stops the
+            # command before an empty page is left behind.
+            run = analyze(options, progress)
+            with _open_output(output) as out:
+                # The renderer sees every connection (its charts cover them
+                # all) and applies the filters to its table itself.
+                renderer = HtmlRenderer(out, keep=keep)
+                renderer.begin(run)
+                for conn in run.connections():
+                    renderer.connection(conn)
+                renderer.end(run)
     sys.exit(ExitCode.OK)
