@@ -8,7 +8,7 @@ Sections, in the order a person looks for them after an incident:
    client closest to running out of ephemeral ports.
 4. Resets by sender and phase.
 5. Findings (:mod:`fintrace.render.findings_view`), most severe first.
-6. The connections, one row each, sorted by stream (up to ``--limit``).
+6. The connections, one row each, sorted by stream (the first ``--limit``).
 """
 
 from __future__ import annotations
@@ -96,8 +96,16 @@ class TableRenderer:
 
     def connection(self, conn: Connection) -> None:
         self.total += 1
-        if self.limit is None or len(self.rows) < self.limit:
-            self.rows.append(conn)
+        self.rows.append(conn)
+        # Keep the lowest streams, not the first to finish: the list reads in
+        # stream order, from 0. Trimming now and then bounds the memory.
+        if self.limit is not None and len(self.rows) >= 2 * self.limit:
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.limit is not None:
+            self.rows.sort(key=lambda r: (r.capture, r.stream))
+            del self.rows[self.limit :]
 
     def end(self, run: Run) -> None:
         summary = run.summary()
@@ -164,17 +172,18 @@ class TableRenderer:
     def _time_wait(self, tw: dict[str, Any]) -> None:
         h = tw["holders"]
         held = h["client"] + h["server"] + h["both"]
-        head = Text("TIME_WAIT", style="bold") + Text(
-            f" (each held 2×MSL = {tw['window_s']:g} s): "
-        )
+        head = Text("TIME_WAIT", style="bold")
         if not held:
-            self.console.print(head + Text("no connection ended in TIME_WAIT."))
+            self.console.print(head + Text(": no connection ended in it."))
             self.console.print()
             return
+        parts = [f"the {who}'s in {h[who]}" for who in ("client", "server") if h[who]]
+        if h["both"]:
+            parts.append(f"both sides' in {h['both']}")
         self.console.print(
             head
-            + Text(f"held by the client in {h['client']}, the server in {h['server']}, ")
-            + Text(f"both in {h['both']} connections.")
+            + Text(f" (each lasts 2×MSL = {tw['window_s']:g} s) at the end of {held} connections: ")
+            + Text(", ".join(parts) + ".")
         )
         t = Table(show_edge=False, pad_edge=False)
         t.add_column("host")
@@ -211,6 +220,7 @@ class TableRenderer:
     def _connections(self) -> None:
         if not self.rows:
             return
+        self._trim()
         rows = sorted(self.rows, key=lambda r: (r.capture, r.stream))
         multi = len({r.capture for r in rows}) > 1
         # Below 120 columns the per-side details give way to the notes.
