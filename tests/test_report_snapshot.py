@@ -11,6 +11,9 @@ and read the diff as someone woken at 3 a.m. would read the report.
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from fintrace.cli import main, run_analysis
+from fintrace.cli import build_filters, build_options, main, run_analysis
 from fintrace.pipeline import AnalyzeOptions
 from fintrace.render.table import TableRenderer
 
@@ -87,3 +90,79 @@ def test_cli_table_is_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
     # Not a terminal: the CLI renders 160 columns wide.
     got = "\n".join(line.rstrip() for line in result.output.splitlines()) + "\n"
     assert got == report("captures/demo.pcap", width=160, limit=200)
+
+
+# -- docs/incident-walkthrough.md ------------------------------------------------------
+
+WALKTHROUGH = ROOT / "docs" / "incident-walkthrough.md"
+#: The walkthrough's outputs are those of a terminal this wide.
+DOC_WIDTH = 100
+BLOCK = re.compile(r"```console\n\$ (?P<cmd>[^\n]*)\n(?P<out>.*?)```", re.S)
+
+
+def _run_doc_command(cmd: str) -> str:
+    """A command of the walkthrough, run as in a 100-column terminal without colour."""
+    args = shlex.split(cmd)
+    if args[0] == "tshark":
+        out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120)
+        return out.stdout
+    assert args[0] == "fintrace", cmd
+    if args[1] == "analyze":
+        # What the CLI does on a terminal (make_renderer: the terminal's width).
+        params = main.commands["analyze"].make_context("analyze", args[2:]).params
+        options = build_options(**{k: params[k] for k in (
+            "captures", "separate", "stuck_after", "msl", "linger", "numbering",
+            "ephemeral_ports")})  # fmt: skip
+        keep = build_filters(**{k: params[k] for k in (
+            "close_types", "stuck", "ports", "hosts", "streams")})  # fmt: skip
+        with open(os.devnull, "w") as sink:
+            console = Console(record=True, width=DOC_WIDTH, color_system=None, file=sink)
+            run_analysis(
+                options, TableRenderer(console, limit=params["limit"] or None), keep, progress=False
+            )
+        return console.export_text()
+    rest = [*args[1:], "--no-color"] if args[1] == "show" else args[1:]
+    result = CliRunner(env={"COLUMNS": str(DOC_WIDTH)}).invoke(main, rest)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _matches(expected: list[str], got: list[str]) -> bool:
+    """Line by line; ``[...]`` in the expected output stands for any number of lines."""
+    if not expected:
+        return not got
+    if expected[0] == "[...]":
+        return any(_matches(expected[1:], got[i:]) for i in range(len(got) + 1))
+    return bool(got) and got[0] == expected[0] and _matches(expected[1:], got[1:])
+
+
+def _clean(text: str) -> list[str]:
+    return [line.rstrip() for line in text.rstrip("\n").splitlines()]
+
+
+def test_walkthrough_outputs_are_real(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tshark: str
+) -> None:
+    # Files the commands write go to a scratch directory that sees the captures.
+    (tmp_path / "captures").symlink_to(ROOT / "captures")
+    monkeypatch.chdir(tmp_path)
+    doc = WALKTHROUGH.read_text(encoding="utf-8")
+    blocks = list(BLOCK.finditer(doc))
+    assert len(blocks) >= 8
+    if os.environ.get("FINTRACE_UPDATE_SNAPSHOTS") == "1":
+        # Fills in the output of complete blocks; excerpts ([...]) are kept as written.
+        def fill(m: re.Match[str]) -> str:
+            if "[...]" in m["out"]:
+                return m[0]
+            return (
+                f"```console\n$ {m['cmd']}\n"
+                + "\n".join(_clean(_run_doc_command(m["cmd"])))
+                + "\n```"
+            )
+
+        doc = BLOCK.sub(fill, doc)
+        WALKTHROUGH.write_text(doc, encoding="utf-8")
+        blocks = list(BLOCK.finditer(doc))
+    for m in blocks:
+        got = _clean(_run_doc_command(m["cmd"]))
+        assert _matches(_clean(m["out"]), got), f"docs/incident-walkthrough.md: $ {m['cmd']}"
