@@ -1,0 +1,185 @@
+"""The benchmark's capture generator: its truth holds, and fintrace agrees with it.
+
+A small capture (300 connections, every close type and reset phase) is made
+in a temporary directory by ``bench/generate.py``. tshark, the oracle, must
+find the streams, frames and packet counts the generator wrote down, and no
+sequence gap or acknowledgement of an unseen segment (the sequence numbers
+are those of correct TCP); then fintrace must agree with the truth on every
+connection. The expected values all come from what the generator made each
+side do, never from fintrace.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, need
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import check_truth
+import generate
+
+#: What tshark flags when sequence or acknowledgement numbers do not add up.
+GAPS = "tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment || _ws.malformed"
+Analyze = Callable[..., list[dict[str, Any]]]
+#: Every scenario at once; no 4-tuple reused later than fintrace's linger (60 s).
+SMALL = shlex.split(
+    "--connections 300 --concurrency 40 --seed 7 --reuse 0.1 --reuse-gap 0.05,30 --wrap 0.05"
+    " --midstream 0.03 --other 0.02 --mix graceful=3,piggybacked=3,half_close=2,simultaneous=2,"
+    "reset=3,refused=1,close_wait=2,unacked_fin=2,open=2,attempt=2"
+)
+
+
+def make(tmp: Path, args: list[str], name: str = "small") -> tuple[Path, list[dict[str, Any]]]:
+    generate.generate(generate.parse_args([*args, "--out-dir", str(tmp), "--name", name]))
+    pcap = tmp / f"{name}.pcap"
+    truth = [json.loads(line) for line in (tmp / f"{name}.truth.jsonl").read_text().splitlines()]
+    return pcap, truth
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+    return make(tmp_path_factory.mktemp("gen"), SMALL)
+
+
+def test_truth_covers_every_close_type_and_reset_phase(
+    small: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, truth = small
+    assert {r["close_type"] for r in truth} == set(generate.CLOSE_TYPES)
+    phases = {r["reset_phase"] for r in truth if r["close_type"] == "reset"}
+    assert phases == {"established", "closing", "closed"}
+    assert sorted(r["stream"] for r in truth) == list(range(300))
+    assert any(r["reused_tuple"] for r in truth)
+    assert any(r["roles_inferred"] for r in truth)
+    assert any(r["fin_retransmits"] for r in truth)
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    args = ["--connections", "50", "--seed", "3"]
+    a, _ = make(tmp_path, args, "a")
+    b, _ = make(tmp_path, args, "b")
+    c, _ = make(tmp_path, [*args[:-1], "4"], "c")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_mix_names_are_checked() -> None:
+    assert dict(generate.parse_mix("reset=3,open=1")) == {
+        "reset_established": 1.0,
+        "reset_closing": 1.0,
+        "reset_closed": 1.0,
+        "open": 1.0,
+    }
+    with pytest.raises(ValueError, match="unknown scenario"):
+        generate.parse_mix("gracefull=1")
+
+
+@pytest.mark.tshark
+def test_tshark_finds_the_streams_and_frames_of_the_truth(
+    small: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    need("tshark")
+    from tshark_oracle import tshark_streams
+
+    pcap, truth = small
+    seen = tshark_streams(str(pcap))
+    assert len(seen) == len(truth)
+    for r in truth:
+        st = seen[r["stream"]]
+        assert (st.first_frame, st.last_frame, st.packets) == (
+            r["first_frame"],
+            r["last_frame"],
+            r["packets"],
+        ), r["scenario"]
+
+
+@pytest.mark.tshark
+def test_tshark_sees_consistent_sequence_numbers(
+    small: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    need("tshark")
+    pcap, _ = small
+    out = subprocess.run(
+        ["tshark", "-n", "-r", str(pcap), "-T", "fields", "-e", "frame.number", "-Y", GAPS],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split() == []
+
+
+def test_fintrace_agrees_with_the_truth(
+    small: tuple[Path, list[dict[str, Any]]], analyze: Analyze
+) -> None:
+    pcap, truth = small
+    fields = tuple(f for f in check_truth.FIELDS if f not in ("close_wait_s", "stuck"))
+    report = check_truth.compare(truth, analyze(pcap), fields=fields)
+    assert report.compared == len(truth)
+    assert report.ok, report.render()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FlowTable.now, the end of the capture for close_wait_s and stuck, moves only "
+    "on the slow path: a capture ending in plain data ends early for fintrace",
+)
+def test_close_wait_is_measured_to_the_end_of_the_capture(
+    small: tuple[Path, list[dict[str, Any]]], analyze: Analyze
+) -> None:
+    pcap, truth = small
+    # Long-lived connections are still sending plain data when the capture ends.
+    assert any(r["scenario"] == "open/long-lived" for r in truth)
+    report = check_truth.compare(truth, analyze(pcap), fields=("close_wait_s", "stuck"))
+    assert report.ok, report.render()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reused_tuple is found only while the previous connection lingers in the flow "
+    "table (2×MSL); TEARDOWN.md wants any earlier use in the capture",
+)
+def test_reuse_after_the_linger_is_reported(tmp_path: Path, analyze: Analyze) -> None:
+    args = "--connections 120 --concurrency 2 --mix graceful=1 --reuse 0.3 --reuse-gap 70,90"
+    pcap, truth = make(tmp_path, [*args.split(), "--midstream", "0"])
+    assert any(r["reused_tuple"] and r["reused_tuple"]["gap_s"] > 60 for r in truth)
+    report = check_truth.compare(
+        truth, analyze(pcap), fields=("reused_tuple.previous_stream", "reused_tuple.gap_s")
+    )
+    assert report.ok, report.render()
+
+
+def test_check_truth_names_the_stream_and_field_that_differ(
+    small: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, truth = small
+    fake = [dict(r) for r in truth]
+    fake[5]["close_type"] = "graceful" if fake[5]["close_type"] != "graceful" else "reset"
+    del fake[7]
+    report = check_truth.compare(truth, fake)
+    assert set(report.mismatches) == {"close_type", "missing_in_fintrace"}
+    assert [m[0] for m in report.mismatches["close_type"]] == [truth[5]["stream"]]
+    assert [m[0] for m in report.mismatches["missing_in_fintrace"]] == [truth[7]["stream"]]
+
+
+def test_bench_counts_frames_as_the_generator_wrote_them(
+    small: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    import run
+
+    pcap, _ = small
+    meta = json.loads(pcap.with_name("small.meta.json").read_text())
+    for tool in ("dpkt", "walk"):
+        sample, out = run.run_child(run.tool_argv(tool, pcap, ["fintrace"])[0])
+        assert int(out) == meta["packets"]
+        assert sample.maxrss_kb > 0
