@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from fintrace.decode import ACK
 from fintrace.model import CloseType, ResetPhase, Role, State
 
 if TYPE_CHECKING:
@@ -88,7 +89,12 @@ def classify(
     if r is None:
         r = roles(conn)
     a, b = conn.a, conn.b
-    one_sided = a.packets == 0 or b.packets == 0
+    # Only one direction captured: one side sent nothing although the other
+    # acknowledged something of it. A SYN nobody answered is not one-sided:
+    # nothing shows the peer ever spoke.
+    one_sided = (a.packets == 0 and bool(b.flags_seen & ACK)) or (
+        b.packets == 0 and bool(a.flags_seen & ACK)
+    )
     fin_retx = max(0, a.fin_count - 1) + max(0, b.fin_count - 1)
     active = conn.first_fin
     passive = active.peer if active is not None else None
@@ -161,7 +167,9 @@ def classify(
     if active is not None and passive is not None:
         if active.fin_acked_frame:
             wait = max(end_ts - passive.acked_fin_ts, 0.0)
-            idle = end_ts - passive.last_ts if passive.packets else end_ts - active.fin_ts
+            # Idle: no new payload since. Keep-alives and ACKs are the
+            # kernel's, not the application's: they do not count.
+            idle = end_ts - max(passive.acked_fin_ts, passive.data_ts)
             return verdict(
                 CloseType.CLOSE_WAIT,
                 active_closer=r.of(active),

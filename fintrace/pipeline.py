@@ -253,7 +253,10 @@ class Run:
         report(done_before + cap.size, total)
 
     def _finish(self, table: FlowTable) -> Iterator[Connection]:
-        end = table.now
+        # The capture ends at its last packet; table.now follows only the
+        # slow path, and a plain ACK or data segment may have come later.
+        last = self.captures[-1].last_ts if self.options.separate else self.end_ts
+        end = table.now if last is None else max(table.now, last)
         for conn in table.finish():
             yield self._connection(conn, end)
 

@@ -73,6 +73,7 @@ class Half:
         "acked_fin_ts",
         "bytes",
         "conn",
+        "data_ts",
         "fin_acked_frame",
         "fin_at",
         "fin_count",
@@ -126,6 +127,9 @@ class Half:
         self.fin_at = 0
         self.acked_fin_at = 0
         self.half_close_bytes = 0
+        # When this side last sent new payload (slow path only: after any
+        # FIN every segment takes it), for how long a CLOSE_WAIT was idle.
+        self.data_ts = 0.0
 
     def window_bytes(self) -> int:
         """The receive window this side last advertised, in bytes (or the maximum)."""
@@ -161,6 +165,7 @@ class Tracker:
         "rst_lost",
         "rst_phase",
         "rst_ts",
+        "started",
         "stream",
         "terminal",
         "trace",
@@ -185,6 +190,7 @@ class Tracker:
         self.quiet = False  # both sides ESTABLISHED: plain segments take the fast path
         self.terminal = False  # RST seen, or both FINs acknowledged
         self.established = False
+        self.started = False  # a segment that can move a state was seen
         self.transitions: list[tuple[Half, State, int, float]] = []
         self.anomalies: dict[str, int] | None = None
         self.first_fin: Half | None = None
@@ -281,10 +287,15 @@ class Tracker:
             self._count_payload(h, seq, plen, flags)
             return
         h.win = win
-        if self.packets == 1 and not flags & SYN:
-            # The capture began mid-connection (or lost the handshake).
-            self.established = True
-            self.note(Anomaly.NO_HANDSHAKE)
+        if not self.started:
+            self.started = True
+            if not flags & SYN:
+                # The capture began mid-connection: the sides start ESTABLISHED.
+                self.established = True
+                self.note(Anomaly.NO_HANDSHAKE)
+            elif flags & ACK:
+                # It began at the SYN+ACK: roles are known, the SYN was missed.
+                self.note(Anomaly.NO_HANDSHAKE)
         if flags & SYN:
             self._syn(h, frame, ts, seq, flags, wscale)
         elif h.state is None and not flags & RST:
@@ -294,9 +305,19 @@ class Tracker:
             return
         if flags & ACK:
             self._ack(h, frame, ts, ack, flags)
+        if h.nxt < 0:
+            # A side first seen mid-connection: where its sequence space starts,
+            # so that the flow table's fast path can count its bytes.
+            h.nxt = seq
         new = self._count_payload(h, seq, plen, flags)
-        if new and p.fin_seq >= 0 and h.acked_fin_frame and self.first_fin is p and (h.fin_seq < 0):
-            h.half_close_bytes += new
+        if new:
+            h.data_ts = ts
+            if h.state is SYN_RECEIVED and not flags & SYN:
+                # A side sends data only once established (its SYN was
+                # acknowledged out of sight, as in a one-sided capture).
+                self._move(h, ESTABLISHED, frame, ts)
+            if p.fin_seq >= 0 and h.acked_fin_frame and self.first_fin is p and h.fin_seq < 0:
+                h.half_close_bytes += new
         if flags & FIN:
             self._fin(h, frame, ts, seq, plen, flags)
         self.quiet = (
@@ -346,22 +367,31 @@ class Tracker:
                 self._move(h, ESTABLISHED, frame, ts)
             self._move(p, ESTABLISHED, frame, ts)
         if p.fin_seq >= 0 and not p.fin_acked_frame and covers(ack, (p.fin_seq + 1) & M32):
-            p.fin_acked_frame = frame
-            h.acked_fin_frame = frame
-            h.acked_fin_ts = ts
-            h.acked_fin_at = self.packets
-            mine = _ON_ACKING_FIN.get(h.state) if h.state is not None else None
-            if mine is not None:
-                self._move(h, mine, frame, ts)
-            theirs = _ON_FIN_ACKED.get(p.state) if p.state is not None else None
-            if theirs is not None:
-                self._move(p, theirs, frame, ts)
-            if h.fin_seq >= 0 and h.fin_acked_frame:
-                self.terminal = True
+            self._fin_acked(h, frame, ts)
+
+    def _fin_acked(self, h: Half, frame: int, ts: float) -> None:
+        """Side ``h`` is seen to have received its peer's FIN."""
+        p = h.peer
+        p.fin_acked_frame = frame
+        h.acked_fin_frame = frame
+        h.acked_fin_ts = ts
+        h.acked_fin_at = self.packets
+        mine = _ON_ACKING_FIN.get(h.state) if h.state is not None else None
+        if mine is not None:
+            self._move(h, mine, frame, ts)
+        theirs = _ON_FIN_ACKED.get(p.state) if p.state is not None else None
+        if theirs is not None:
+            self._move(p, theirs, frame, ts)
+        if h.fin_seq >= 0 and h.fin_acked_frame:
+            self.terminal = True
 
     def _fin(self, h: Half, frame: int, ts: float, seq: int, plen: int, flags: int) -> None:
         p = h.peer
         fseq = (seq + plen + (1 if flags & SYN else 0)) & M32
+        if not flags & (ACK | SYN):
+            # A synchronized receiver drops a segment without ACK (RFC 9293
+            # 3.10.7.4, Linux too); the sender has closed all the same.
+            self.note(Anomaly.FIN_WITHOUT_ACK)
         if h.fin_seq >= 0:
             if fseq == h.fin_seq:
                 h.fin_count += 1
@@ -393,13 +423,19 @@ class Tracker:
         end = (fseq + 1) & M32
         if h.nxt < 0 or (end - h.nxt) & M32 < HALF:
             h.nxt = end
+        if p.acked >= 0 and covers(p.acked, end):
+            # The peer's ACK of this FIN was captured first (two capture
+            # queues, or the FIN's first copy missed): it was received then.
+            self.note(Anomaly.ACKED_UNSEEN_FIN)
+            self._fin_acked(p, frame, ts)
 
     def _rst(
         self, h: Half, frame: int, ts: float, seq: int, ack: int, flags: int, plen: int
     ) -> None:
         p = h.peer
-        if not self._rst_acceptable(h, seq, ack, flags):
-            self.note(Anomaly.RST_OUT_OF_WINDOW)
+        refused = self._rst_refused(h, seq, ack, flags)
+        if refused is not None:
+            self.note(refused)
             return
         if plen:
             self.note(Anomaly.RST_WITH_DATA)
@@ -417,11 +453,15 @@ class Tracker:
         else:
             self.rst_phase = "closing"
         # Data the peer sent that the RST's sender never acknowledged is lost.
-        if p.nxt >= 0 and h.acked >= 0:
-            pending = (p.nxt - h.acked) & M32
+        # The RST's own ACK number counts: Linux sends RCV.NXT in it.
+        acked = h.acked
+        if flags & ACK and (acked < 0 or (ack - acked) & M32 < HALF):
+            acked = ack
+        if p.nxt >= 0 and acked >= 0:
+            pending = (p.nxt - acked) & M32
             if 0 < pending < HALF:
                 self.rst_lost = pending - (1 if p.fin_seq >= 0 and not p.fin_acked_frame else 0)
-        elif p.bytes and h.acked < 0:
+        elif p.bytes and acked < 0:
             self.rst_lost = p.bytes
         self._move(h, RESET, frame, ts)
         if p.state is not None or p.packets:
@@ -429,18 +469,22 @@ class Tracker:
         self.terminal = True
         self.quiet = False
 
-    def _rst_acceptable(self, h: Half, seq: int, ack: int, flags: int) -> bool:
+    def _rst_refused(self, h: Half, seq: int, ack: int, flags: int) -> Anomaly | None:
+        """Why the peer would drop this RST, or None when it would accept it."""
         p = h.peer
-        if p.state is SYN_SENT and not h.synack_frame:
-            # Answering a SYN: acceptable when it acknowledges the SYN (RFC
-            # 9293 3.10.7.3), or carries no ACK at all (lenient, as captures
-            # of middleboxes show).
-            return not flags & ACK or p.isn < 0 or ack == (p.isn + 1) & M32
+        if p.syn_frame and not h.syn_frame and not h.synack_frame and not self.established:
+            # Answering a SYN (RFC 9293 3.10.7.3, SYN-SENT; Linux alike): only
+            # a RST whose ACK acknowledges something sent, ISN < ACK <= SND.NXT.
+            if flags & ACK and covers(ack, (p.isn + 1) & M32) and covers(p.nxt, ack):
+                return None
+            return Anomaly.RST_NOT_ACKING_SYN
         ref = p.acked if p.acked >= 0 else h.nxt
         if ref < 0:
-            return True
+            return None
         limit = p.window_bytes()
-        return (seq - ref) & M32 <= limit or (ref - seq) & M32 <= limit
+        if (seq - ref) & M32 <= limit or (ref - seq) & M32 <= limit:
+            return None
+        return Anomaly.RST_OUT_OF_WINDOW
 
     def _count_payload(self, h: Half, seq: int, plen: int, flags: int) -> int:
         """Count new payload bytes (retransmissions excluded); return how many."""
