@@ -31,12 +31,10 @@ import sys
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from typing import TYPE_CHECKING
-
-from craft import T0, Flow
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -49,6 +47,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import GRE
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet, Raw
+
+from craft import T0, Flow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -536,6 +536,21 @@ def llc_snap() -> None:
     write("ethernet_llc_snap.pcap", pcap(recs(pair(4, 6), wrap), 1))
 
 
+def ipv6_bad_version() -> None:
+    """The pair over Ethernet, B's IPv6 headers (ethertype 86dd) saying version 5.
+
+    Wireshark's IPv6 dissector stops at a version other than 6: B is no
+    TCP (5 frames with a bad IP header).
+    """
+
+    def wrap(ip: bytes) -> bytes:
+        if ip[0] >> 4 == 6:
+            ip = bytes([0x50 | ip[0] & 0x0F]) + ip[1:]
+        return ether(ip)
+
+    write("ipv6_bad_version.pcap", pcap(recs(pair(4, 6), wrap), 1))
+
+
 def pppoe_capture() -> None:
     base = recs(pair(4, 6), pppoe)
     write("pppoe_session.pcap", pcap(base, 1))
@@ -816,7 +831,7 @@ def ring_buffer() -> None:
     Time order: ring_1.pcap, ring_2.pcap, ring_0.pcap (the writer wrapped
     around). Connections (server 10.0.0.2):
 
-    * L (10.0.0.1:50000 → :80), 14 packets: handshake and request in
+    * L (10.0.0.1:50000 → :80), 12 packets: handshake and request in
       ring_1 (frames 1-4); two data exchanges in ring_2 (frames 2, 3, 5, 6);
       the close in ring_0 (frames 2-5: FA, A, FA, A).
     * R (10.0.0.1:50001 → :443): graceful, 9 packets, frames 5-13 of ring_1;
@@ -896,6 +911,7 @@ def main() -> None:
     pcapng_other_blocks()
     pcapng_record_blocks()
     llc_snap()
+    ipv6_bad_version()
     vlans()
     pppoe_capture()
     mpls_capture()
