@@ -70,9 +70,7 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) or exc.filename is not None:
                 raise
-            # Python flushes stdout again at exit; let that land somewhere.
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             raise FintraceError(f"<stdout>: cannot write output ({exc.strerror})") from None
         return
     try:
@@ -187,6 +185,25 @@ def _errors(debug: bool) -> Iterator[None]:
         with contextlib.suppress(OSError):
             sys.stdout = open("/dev/null", "w")  # noqa: SIM115
         sys.exit(ExitCode.OK)
+    except OSError as exc:
+        # Inputs are read through the reader, which raises FintraceError: what
+        # is left is an output that cannot be written (a full disk, a vanished
+        # share) in a command that writes without _open_output.
+        if debug:
+            raise
+        _silence_stdout()
+        if exc.filename is not None:
+            message = f"{exc.filename}: {exc.strerror}"
+        else:
+            message = f"<output>: cannot write output ({exc.strerror})"
+        click.echo(f"fintrace: error: {message}", err=True)
+        sys.exit(ExitCode.BAD_INPUT)
+
+
+def _silence_stdout() -> None:
+    """Python flushes stdout again at exit; after a failed write, let that land nowhere."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
