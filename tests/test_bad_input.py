@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import CAPTURES
 
 from fintrace.cli import main
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.reassembly import MAX_PENDING, Reassembler
+
+from conftest import CAPTURES
 
 DEMO = CAPTURES / "demo.pcap"
 T0 = 1_700_000_000
@@ -430,6 +431,58 @@ def test_standard_output_on_a_full_disk_is_refused() -> None:
     assert (
         proc.stderr == "fintrace: error: <stdout>: cannot write output (No space left on device)\n"
     )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "-q", str(DEMO), "0"],
+        ["check", "-q", "--max-stuck", "0", str(DEMO)],
+        ["extract", "-q", str(DEMO), "-o", "/dev/full"],
+        ["annotate", "-q", str(DEMO), "-o", "/dev/full"],
+        ["report", "-q", str(DEMO), "-o", "/dev/full"],
+    ],
+    ids=["show", "check", "extract", "annotate", "report"],
+)
+def test_every_command_on_a_full_disk_says_so_in_one_line(args: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fintrace", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fintrace: error: "), lines[0]
+    assert lines[0].endswith(": cannot write output (No space left on device)"), lines[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reported: extract and annotate open -o themselves and do not name it when a write "
+    "fails ('<output>' instead of the path); commands/ is not this task's",
+)
+@pytest.mark.parametrize("command", ["extract", "annotate"])
+def test_output_file_on_a_full_disk_is_named_by_every_command(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "-q", str(DEMO), "-o", "/dev/full"])
+    assert_refused(result, "/dev/full", "cannot write output (No space left on device)")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reported: report, extract and annotate declare -o with click.Path(dir_okay=False), "
+    "so a directory gets click's usage text, not the one-line error; commands/ is not this "
+    "task's",
+)
+@pytest.mark.parametrize("command", ["report", "extract", "annotate"])
+def test_output_to_a_directory_is_refused_by_every_command(tmp_path: Path, command: str) -> None:
+    result = CliRunner().invoke(main, [command, "-q", str(DEMO), "-o", str(tmp_path)])
+    assert_refused(result, tmp_path, "cannot write output")
 
 
 # -- files cut short or with lying length fields ------------------------------------------------
