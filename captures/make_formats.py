@@ -797,6 +797,7 @@ def icmp_errors() -> None:
 def tunnelled(inner: bytes, kind: str) -> bytes:
     """``inner`` (an IP packet) in an Ethernet frame, inside the tunnel ``kind``."""
     o = IP(src="192.0.2.1", dst="192.0.2.2")
+    frame = ether(inner, pad=False)
     if kind == "ipip":
         outer = IP(src="192.0.2.1", dst="192.0.2.2", proto=4) / Raw(inner)
     elif kind == "6in4":
@@ -804,19 +805,34 @@ def tunnelled(inner: bytes, kind: str) -> bytes:
     elif kind == "gre":
         outer = o / GRE(proto=0x0800) / Raw(inner)
     elif kind == "gre-teb":
-        outer = o / GRE(proto=0x6558) / Raw(ether(inner, pad=False))
+        outer = o / GRE(proto=0x6558) / Raw(frame)
+    elif kind == "vxlan":
+        outer = o / UDP(sport=50000, dport=4789) / VXLAN(vni=42) / Raw(frame)
+    elif kind == "erspan2":
+        # GRE with a sequence number, ERSPAN version 1 (type II), session 5.
+        gre = struct.pack(">HHI", 0x1000, 0x88BE, 1)
+        outer = o / Raw(gre + struct.pack(">II", 1 << 28 | 5, 0) + frame)
+        outer[IP].proto = 47
+    elif kind == "erspan3":
+        # ERSPAN version 2 (type III) with its 8-byte platform subheader (O bit).
+        gre = struct.pack(">HHI", 0x1000, 0x22EB, 1)
+        outer = o / Raw(gre + struct.pack(">III", 2 << 28 | 5, 0, 1) + bytes(8) + frame)
+        outer[IP].proto = 47
     else:
-        outer = o / UDP(sport=50000, dport=4789) / VXLAN(vni=42) / Raw(ether(inner, pad=False))
+        # GENEVE with 8 bytes of options, carrying Ethernet.
+        geneve = struct.pack(">BBHI", 2, 0, 0x6558, 42 << 8) + bytes(8)
+        outer = o / UDP(sport=50000, dport=6081) / Raw(geneve + frame)
     return ether(bytes(outer))
 
 
-TUNNELS = ("ipip", "6in4", "gre", "gre-teb", "vxlan")
+TUNNELS = ("ipip", "6in4", "gre", "gre-teb", "vxlan", "erspan2", "erspan3", "geneve")
 
 
 def tunnels() -> None:
     """TCP inside tunnels fintrace decodes: IPv4 in IPv4, IPv6 in IPv4, GRE
-    (IPv4 and Ethernet payloads), VXLAN. Connection i: graceful, client port
-    49000 + i; the outer addresses are 192.0.2.1 → 192.0.2.2."""
+    (IPv4 and Ethernet payloads), VXLAN, ERSPAN types II and III, GENEVE.
+    Connection i: graceful, client port 49000 + i; the outer addresses are
+    192.0.2.1 → 192.0.2.2."""
     out: list[Rec] = []
     for i, kind in enumerate(TUNNELS):
         host = v6 if kind == "6in4" else v4

@@ -97,6 +97,7 @@ IPV6_AH = 51
 MAX_IPV6_EXTENSIONS = 16
 MAX_TUNNEL_DEPTH = 4
 VXLAN_PORT = 4789
+GENEVE_PORT = 6081
 
 _u16 = struct.Struct(">H").unpack_from
 _u32 = struct.Struct(">I").unpack_from
@@ -450,10 +451,27 @@ def _transport(
         return _ipv6_packet(pkt[:end], p, end, frags, frame, depth + 1)
     if proto == 47:  # GRE
         return _gre(pkt[:end], p, frags, frame, depth + 1)
-    if proto == 17 and end - p >= 16 and _u16(pkt, p + 2)[0] == VXLAN_PORT:
-        return _ethernet(pkt[:end], p + 16, end, frags, frame, depth + 1)
+    if proto == 17 and end - p >= 16:
+        return _udp_tunnel(pkt[:end], p, frags, frame, depth + 1)
     if proto in (1, 58):
         return _icmp_error(proto, pkt[:end], p)
+    return SkipReason.NOT_TCP
+
+
+def _udp_tunnel(
+    pkt: bytes, p: int, frags: Reassembler, frame: int, depth: int
+) -> Decoded | SkipReason:
+    """VXLAN and GENEVE, on their ports as Wireshark decodes them by default."""
+    ports = (_u16(pkt, p)[0], _u16(pkt, p + 2)[0])
+    if VXLAN_PORT in ports:
+        return _ethernet(pkt, p + 16, len(pkt), frags, frame, depth)
+    if GENEVE_PORT in ports:
+        # 8 bytes of header, then options of the length it gives in words.
+        q = p + 16 + (pkt[p + 8] & 0x3F) * 4
+        ptype = _u16(pkt, p + 10)[0]
+        if ptype == 0x6558:
+            return _ethernet(pkt, q, len(pkt), frags, frame, depth)
+        return _ethertype(ptype, pkt, q, len(pkt), frags, frame, depth)
     return SkipReason.NOT_TCP
 
 
@@ -471,6 +489,12 @@ def _gre(pkt: bytes, p: int, frags: Reassembler, frame: int, depth: int) -> Deco
         return _ipv6_packet(pkt, p, n, frags, frame, depth)
     if ptype == 0x6558:  # transparent Ethernet bridging
         return _ethernet(pkt, p, n, frags, frame, depth)
+    if ptype == 0x88BE:  # ERSPAN type II; type I (no sequence number) has no header
+        return _ethernet(pkt, p + (8 if flags & 0x1000 else 0), n, frags, frame, depth)
+    if ptype == 0x22EB:  # ERSPAN type III, and its platform subheader when O is set
+        if n < p + 12:
+            return SkipReason.TUNNEL
+        return _ethernet(pkt, p + (20 if pkt[p + 11] & 1 else 12), n, frags, frame, depth)
     return SkipReason.TUNNEL
 
 

@@ -313,7 +313,8 @@ def test_ipv6_extension_headers() -> None:
 
 
 def test_tunnels() -> None:
-    # IPv4 in IPv4, IPv6 in IPv4, GRE, GRE with Ethernet inside, VXLAN.
+    # IPv4 in IPv4, IPv6 in IPv4, GRE, GRE with Ethernet inside, VXLAN,
+    # ERSPAN II, ERSPAN III, GENEVE.
     expected = [
         Expect(
             i,
@@ -325,9 +326,9 @@ def test_tunnels() -> None:
             (18, 19),
             "graceful",
         )
-        for i in range(5)
+        for i in range(8)
     ]
-    check("tunnels.pcap", expected, {}, 45)
+    check("tunnels.pcap", expected, {}, 72)
 
 
 def test_ip_fragments_are_decoded_in_the_frame_that_completes_them() -> None:
