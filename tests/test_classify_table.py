@@ -376,3 +376,16 @@ def test_msl_sets_the_time_wait_window() -> None:
     assert short["reused_within_2msl"]["count"] == 0
     text = table("--msl", "2", files=["reused_tuple_in_time_wait"])
     assert "2×MSL = 4 s" in text
+
+
+def test_bytes_of_a_side_first_seen_without_data_are_counted() -> None:
+    # Mid-stream, each side's first segment a bare ACK; the client's data
+    # then takes the flow table's fast path. Its sequence numbers are above
+    # 2^31, so the tracker must have set where its sequence space starts.
+    conv = Conv(isn={"c": 0x9000_0000, "s": 0x1000})
+    for step in ("c:A", "s:A", "c:PA+100", "s:PA+7", "c:A"):
+        conv.send(step)
+    table = FlowTable()
+    t = (list(table.consume(conv.segments)) + table.finish())[0]
+    r = roles(t)
+    assert (r.client.bytes, r.server.bytes) == (100, 7)
