@@ -4,7 +4,7 @@
 :class:`~fintrace.tracker.Tracker`: it reads, never writes, and applies the
 rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
-1. ``refused``      never established, and the SYN's receiver answered with RST
+1. ``refused``      never established, and an acceptable RST answered the SYN
 2. ``reset``        a RST ended it (``reset_phase``: handshake, established,
                     closing, closed)
 3. ``simultaneous`` both sent a FIN, each before acknowledging the other's

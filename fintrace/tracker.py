@@ -10,11 +10,15 @@ transitions of ``../shared/TEARDOWN.md``:
   32-bit sequence space): ESTABLISHED → CLOSE_WAIT, FIN_WAIT_1 → CLOSING,
   FIN_WAIT_2 → TIME_WAIT; and the FIN's sender FIN_WAIT_1 → FIN_WAIT_2,
   CLOSING → TIME_WAIT, LAST_ACK → CLOSED;
-* a RST moves both sides to RESET and never acknowledges a FIN.
+* a RST moves both sides to RESET and never acknowledges a FIN, if the
+  receiver would accept it: answering a SYN it must acknowledge it (RFC 9293
+  3.10.7.3), otherwise lie within a window of the receiver's last ACK.
 
-Within one segment the acknowledgement is applied before the FIN. Every
-transition is kept with its frame and timestamp. :mod:`fintrace.classify`
-decides the close type from what is recorded here, once, at the end.
+Within one segment the acknowledgement is applied before the FIN, and each
+side's own transition before its peer's. An ACK captured before the FIN it
+covers is applied when the FIN appears. Every transition is kept with its
+frame and timestamp. :mod:`fintrace.classify` decides the close type from
+what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 """
 
 from __future__ import annotations
