@@ -55,8 +55,9 @@ def corpus_files() -> list[Path]:
 
 def capture_files() -> list[Path]:
     """Every capture committed under captures/ (any depth)."""
-    return sorted(p for p in CAPTURES.rglob("*") if p.suffix in (".pcap", ".pcapng", ".gz")
-                  and p.is_file())
+    return sorted(
+        p for p in CAPTURES.rglob("*") if p.suffix in (".pcap", ".pcapng", ".gz") and p.is_file()
+    )
 
 
 @pytest.fixture
@@ -68,8 +69,9 @@ def analyze() -> Callable[..., list[dict[str, Any]]]:
 
     def run(*paths: str | Path, **options: Any) -> list[dict[str, Any]]:
         r = core(AnalyzeOptions(paths=tuple(str(p) for p in paths), **options))
-        return sorted((connection_dict(c) for c in r.connections()),
-                      key=lambda c: (c["capture"], c["stream"]))
+        return sorted(
+            (connection_dict(c) for c in r.connections()), key=lambda c: (c["capture"], c["stream"])
+        )
 
     return run
 

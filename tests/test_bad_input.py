@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from fintrace.cli import main
+from fintrace.model import SkipReason
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.reassembly import MAX_PENDING, Reassembler
 
@@ -861,6 +862,28 @@ def test_datagrams_that_never_complete_are_bounded() -> None:
         assert len(frags._pending) <= MAX_PENDING
     frags.finish()
     assert skipped == Counter({"unreassembled_fragment": n})
+
+
+def test_overlapping_fragments_cannot_pile_up_memory() -> None:
+    # 512 datagrams of 64 overlapping 8,000-byte fragments each (offsets 8
+    # bytes apart): 256 MB if every fragment were kept until the end.
+    skipped: Counter[str] = Counter()
+    frags = Reassembler(skipped)
+    tracemalloc.start()
+    try:
+        for d in range(512):
+            key = b"4" + d.to_bytes(8, "big")
+            for k in range(64):
+                # A new bytes object each time, as the decoder slices each packet.
+                result = frags.add(key, k * 8, bytes([k]) * 8000, True)
+                skipped[str(result) if isinstance(result, SkipReason) else "ip_fragment"] += 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    frags.finish()
+    assert peak < 48 * 1024 * 1024, peak
+    assert sum(skipped.values()) == 512 * 64
+    assert skipped["bad_fragment"] > 0
 
 
 # -- hostile traffic: RST and FIN outside the window ------------------------------------------
