@@ -56,6 +56,8 @@ LT_RAW_14 = 14
 LT_LOOP = 108
 LT_RAW = 101
 LT_LINUX_SLL = 113
+#: A pcapng record numbered as a frame that holds no packet (see reader).
+LT_NO_PACKET = -1
 LT_IPV4 = 228
 LT_IPV6 = 229
 LT_LINUX_SLL2 = 276
@@ -167,8 +169,13 @@ def decode_packet(
     linktype: int, pkt: bytes, origlen: int, frags: Reassembler, frame: int
 ) -> Decoded | SkipReason:
     """Decode one packet (``pkt`` is exactly its captured bytes)."""
+    if linktype == LT_NO_PACKET:
+        return SkipReason.NOT_A_PACKET
     if linktype == LT_ETHERNET:
         return _ethernet(pkt, 0, origlen, frags, frame, 0)
+    # Wireshark's "ip" dissector (raw IP, and LINKTYPE_IPV4) goes by the
+    # version nibble; LINKTYPE_IPV6 goes to its IPv6 dissector, which stops at
+    # any other version.
     if linktype in (LT_RAW, LT_RAW_12, LT_RAW_14, LT_IPV4):
         if not pkt:
             return SkipReason.TRUNCATED_IP
@@ -674,6 +681,8 @@ def segments(
                 ver = buf[off] >> 4 if caplen >= 40 else 0
                 if ver == 6 and caplen < 60:
                     ver = 0
+                elif lt == LT_IPV6 and ver != 6:
+                    ver = 0  # the general path says what is wrong
             else:
                 ip = off
                 ver = 0
@@ -699,6 +708,7 @@ def segments(
                 plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
                 if (
                     nh == 6
+                    and buf[ip] >> 4 == 6
                     and not flags & SYN
                     and offb >= 0x50
                     and plen

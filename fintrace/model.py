@@ -78,12 +78,15 @@ class SkipReason(StrEnum):
     BAD_FRAGMENT = "bad_fragment"
     IPV6_EXTENSION_CHAIN = "ipv6_extension_chain"
     TUNNEL = "tunnelled"
+    NOT_A_PACKET = "not_a_packet"
 
 
 #: Skip reasons that are not losses: the packet's bytes were used elsewhere.
 #: A fragment whose datagram was reassembled is decoded in the frame that
-#: completes it, exactly as Wireshark shows it.
-NOT_A_LOSS = frozenset({SkipReason.IP_FRAGMENT})
+#: completes it, exactly as Wireshark shows it. A pcapng record that Wireshark
+#: numbers as a frame but that holds no packet (a systemd journal entry, a
+#: custom block) loses nothing either.
+NOT_A_LOSS = frozenset({SkipReason.IP_FRAGMENT, SkipReason.NOT_A_PACKET})
 
 
 class Anomaly(StrEnum):

@@ -22,6 +22,7 @@ import struct
 import zlib
 from typing import TYPE_CHECKING, BinaryIO
 
+from fintrace.decode import LT_NO_PACKET
 from fintrace.errors import CaptureError
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ PCAPNG_IDB = 1
 PCAPNG_PB = 2
 PCAPNG_SPB = 3
 PCAPNG_EPB = 6
+#: Blocks Wireshark 4.0 numbers as frames although they hold no packet: a
+#: systemd journal export and custom blocks (copiable or not).
+PCAPNG_RECORD_BLOCKS = frozenset({9, 0x00000BAD, 0x40000BAD})
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
 _PCAP_MAGIC = {
@@ -389,6 +393,9 @@ class CaptureFile:
                         lt, unit, tsoff, _snap = ifaces[iface]
                         last_ts = ((tsh << 32) | tsl) * unit + tsoff
                         yield last_ts, buf, off + 28, caplen, origlen, lt
+                    elif btype in PCAPNG_RECORD_BLOCKS:
+                        # Takes a frame number in Wireshark; the decoder counts it.
+                        yield last_ts, buf, off, 0, 0, LT_NO_PACKET
                     off = nxt
             except struct.error:
                 # Only an enhanced packet block shorter than its fixed fields,
