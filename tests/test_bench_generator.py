@@ -129,11 +129,6 @@ def test_fintrace_agrees_with_the_truth(
     assert report.ok, report.render()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FlowTable.now, the end of the capture for close_wait_s and stuck, moves only "
-    "on the slow path: a capture ending in plain data ends early for fintrace",
-)
 def test_close_wait_is_measured_to_the_end_of_the_capture(
     small: tuple[Path, list[dict[str, Any]]], analyze: Analyze
 ) -> None:
