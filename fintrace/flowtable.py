@@ -47,7 +47,7 @@ _FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
 _EXPIRY_EVERY = 1.0
 
 #: Stream numbering rules, by the Wireshark release they were checked against.
-NUMBERINGS = ("wireshark-4.0", "wireshark-4.4")
+NUMBERINGS = ("wireshark-4.4", "wireshark-4.0")
 
 
 def reverse_key(key: bytes) -> bytes:
@@ -64,7 +64,7 @@ class FlowTable:
         self,
         *,
         linger: float = 60.0,
-        numbering: str = "wireshark-4.0",
+        numbering: str = "wireshark-4.4",
         trace: frozenset[int] | None = None,
     ) -> None:
         if numbering not in NUMBERINGS:

@@ -71,7 +71,7 @@ class AnalyzeOptions:
     #: Seconds of packet time a finished connection stays in the table;
     #: None means 2×MSL.
     linger: float | None = None
-    numbering: str = "wireshark-4.0"
+    numbering: str = "wireshark-4.4"
     ephemeral_ports: int = 28232
     #: Record every segment of these streams (of the first file), for ``show``.
     trace_streams: frozenset[int] | None = None

@@ -102,7 +102,7 @@ ROWS: dict[str, Row] = {
         "refused", "server", "server", None, None, None, ("RESET", "RESET")),
     "refused after SYN retransmission": ("c:S, c:S=, s:RA",
         "refused", "server", "server", None, None, None, ("RESET", "RESET")),
-    "RST without ACK is no answer to a SYN": ("c:S, s:R, c:S=",
+    "RST without ACK is no answer to a SYN": ("c:S, s:R",
         "attempt", None, None, None, None, None, ("SYN_SENT", None)),
     "RST acknowledging the wrong number": ("c:S, s:RA@5",
         "attempt", None, None, None, None, None, ("SYN_SENT", None)),

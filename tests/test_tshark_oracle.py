@@ -25,7 +25,7 @@ from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
 
 from conftest import CAPTURES, CORPUS, ROOT, capture_files, corpus_files, need
-from tshark_oracle import TsharkResult, run_tshark
+from tshark_oracle import TsharkResult, run_tshark, tshark_numbering
 
 pytestmark = pytest.mark.tshark
 
@@ -73,7 +73,7 @@ def oracle(request: pytest.FixtureRequest) -> Oracle:
 
 
 def fintrace_run(*paths: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    r = analyze(AnalyzeOptions(paths=tuple(str(p) for p in paths)))
+    r = analyze(AnalyzeOptions(paths=tuple(str(p) for p in paths), numbering=tshark_numbering()))
     conns = [connection_dict(c) for c in r.connections()]
     return conns, [c.as_dict() for c in r.captures]
 

@@ -11,6 +11,7 @@ of a second per file, the test suite reads well over a hundred.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -75,6 +76,19 @@ def tshark_version() -> str:
         ["tshark", "--version"], capture_output=True, text=True, check=False, timeout=60
     )
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def tshark_numbering() -> str:
+    """fintrace's ``--numbering`` that matches the installed tshark.
+
+    Wireshark 4.4 starts a new stream at a SYN or SYN+ACK after a FIN or RST
+    (the contract's rule, ``wireshark-4.4``, checked against 4.4.18); 4.0 does
+    not (checked against 4.0.17). Releases in between were not checked.
+    """
+    m = re.search(r"\b(\d+)\.(\d+)\.\d+", tshark_version())
+    if m is None:
+        raise RuntimeError(f"cannot read tshark's version from {tshark_version()!r}")
+    return "wireshark-4.4" if (int(m[1]), int(m[2])) >= (4, 4) else "wireshark-4.0"
 
 
 def run_tshark(path: str | Path, cache: Cache | None = None) -> TsharkResult:
