@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from fintrace.aggregate import peak_overlap
+from fintrace.findings import stream_filter
 from fintrace.model import CloseType, Role, State
 
 if TYPE_CHECKING:
@@ -84,9 +85,10 @@ class RuleResult:
 
     @property
     def wireshark_filter(self) -> str | None:
+        """The display filter the findings use, so the same streams read the same."""
         if not self.streams:
             return None
-        return "tcp.stream in {" + " ".join(map(str, self.streams)) + "}"
+        return stream_filter(self.streams)
 
 
 @dataclass(slots=True)

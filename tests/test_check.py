@@ -9,6 +9,7 @@ and the TIME_WAIT capture below.
 from __future__ import annotations
 
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from fintrace.policy import (
     parse_table,
 )
 
-from conftest import CAPTURES
+from conftest import CAPTURES, need
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -289,7 +290,7 @@ def test_exit_1_when_a_rule_fails() -> None:
     assert r.exit_code == 1, r.output
     lines = r.output.splitlines()
     assert f"FAIL max_stuck {DEMO}: 1 stuck CLOSE_WAIT connection (limit 0)" in lines
-    assert "     streams: tcp.stream in {4}" in lines
+    assert "     streams: tcp.stream eq 4" in lines
     assert any(line.startswith("PASS max_close_wait ") for line in lines)
     assert lines[-1].startswith("fintrace check: 1 of 2 checks failed")
 
@@ -373,7 +374,7 @@ def test_junit_file(tmp_path: Path) -> None:
                           (other, "forbid")}  # fmt: skip
     failure = cases[(DEMO, "max_stuck")].find("failure")
     assert failure is not None and failure.get("type") == "max_stuck"
-    assert "tcp.stream in {4}" in (failure.text or "")
+    assert "tcp.stream eq 4" in (failure.text or "")
     assert cases[(other, "forbid")].find("failure") is None
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     assert suites[DEMO].get("failures") == "2" and suites[other].get("failures") == "0"
@@ -398,9 +399,42 @@ def test_github_annotations() -> None:
     assert all(ANNOTATION.match(n) for n in notes), notes
     error = next(n for n in notes if n.startswith("::error"))
     assert error.startswith("::error title=fintrace check max_stuck::")
-    assert "%0Astreams: tcp.stream in {4}" in error
+    assert "%0Astreams: tcp.stream eq 4" in error
     notice = next(n for n in notes if n.startswith("::notice"))
     assert "reset ratio 16.7%25" in notice
+
+
+def _tshark_frames(capture: str, display_filter: str | None = None) -> dict[int, int]:
+    """frame.number → tcp.stream of the TCP frames tshark shows (through the filter)."""
+    args = ["tshark", "-n", "-r", capture, "-T", "fields", "-e", "frame.number", "-e", "tcp.stream"]
+    if display_filter is not None:
+        args += ["-Y", display_filter]
+    out = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    # tshark exits 0 even when it rejects a display filter: its message is on stderr.
+    assert out.returncode == 0 and "unexpected" not in out.stderr, out.stderr
+    frames = {}
+    for line in out.stdout.splitlines():
+        frame, _, stream = line.partition("\t")
+        if stream:
+            frames[int(frame)] = int(stream)
+    return frames
+
+
+def test_evidence_filter_of_several_streams_selects_them_in_tshark() -> None:
+    need("tshark")
+    from tshark_oracle import tshark_numbering
+
+    r = cli("--numbering", tshark_numbering(), "--forbid", "graceful", "--forbid", "reset",
+            "--forbid", "close_wait", DEMO)  # fmt: skip
+    assert r.exit_code == 1, r.output
+    (evidence,) = [line for line in r.output.splitlines() if line.startswith("     streams: ")]
+    display_filter = evidence.removeprefix("     streams: ")
+    every = _tshark_frames(DEMO)
+    expected = {frame: s for frame, s in every.items() if s in (0, 3, 4)}
+    # Stream 5 (frames 33 and 34) lies inside stream 4: exactly those streams' frames.
+    assert set(expected.values()) == {0, 3, 4} and 33 not in expected
+    assert _tshark_frames(DEMO, display_filter) == expected
+    assert display_filter == "tcp.stream in {0, 3, 4}"
 
 
 def test_github_property_escaping() -> None:
@@ -412,7 +446,7 @@ def test_github_property_escaping() -> None:
     result = RuleResult(rule, "a,b.pcap", False, 1, "50% done\nnext", (4,), 1)
     (line,) = github_lines([result])
     assert line.startswith("::error title=fintrace check max_stuck[10.0.0.11%3A5432]::")
-    assert "a,b.pcap: 50%25 done%0Anext%0Astreams: tcp.stream in {4}" in line
+    assert "a,b.pcap: 50%25 done%0Anext%0Astreams: tcp.stream eq 4" in line
     assert ANNOTATION.match(line)
 
 
