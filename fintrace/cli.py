@@ -88,13 +88,31 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
         raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
 
 
+def output_path(*, dash: bool) -> click.Path:
+    """The type of every ``-o``: click checks nothing, opening it says what is wrong.
+
+    click's own checks (``dir_okay=False``, ``readable``) end in its usage
+    text; the commands refuse such an output in one line, exit status 2.
+    """
+    return click.Path(dir_okay=True, readable=False, allow_dash=dash)
+
+
 class Progress:
-    """A progress bar on stderr, only on a terminal."""
+    """A progress bar on stderr, only on a terminal.
+
+    :attr:`callback` is what the pipeline reports to; the bar shows while the
+    ``with`` block runs. A run can so be created (its captures opened) before
+    the bar appears, and read inside it.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+
+    @property
+    def callback(self) -> Callable[[int, int], None] | None:
+        return self.update if self.enabled else None
 
     def __enter__(self) -> Callable[[int, int], None] | None:
         if not self.enabled:
@@ -123,11 +141,13 @@ class Progress:
         return self.update
 
     def update(self, done: int, total: int) -> None:
-        self._bar.update(self._task, completed=done, total=total)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+            self._bar = None
 
 
 def make_renderer(fmt: str, out: TextIO, *, limit: int | None, color: bool | None) -> Renderer:
@@ -155,14 +175,20 @@ def run_analysis(
     progress: bool,
     jobs: int = 1,
 ) -> Run:
-    with Progress(progress) as report:
-        run = analyze(options, report, jobs=jobs)
+    bar = Progress(progress)
+    run = analyze(options, bar.callback, jobs=jobs)
+    render(run, renderer, keep, bar)
+    return run
+
+
+def render(run: Run, renderer: Renderer, keep: Callable[[Connection], bool], bar: Progress) -> None:
+    """Read the run into the renderer; the bar is gone before the renderer's end."""
+    with bar:
         renderer.begin(run)
         for conn in run.connections():
             if keep(conn):
                 renderer.connection(conn)
     renderer.end(run)
-    return run
 
 
 @contextlib.contextmanager
@@ -186,16 +212,17 @@ def _errors(debug: bool) -> Iterator[None]:
             sys.stdout = open("/dev/null", "w")  # noqa: SIM115
         sys.exit(ExitCode.OK)
     except OSError as exc:
-        # Inputs are read through the reader, which raises FintraceError: what
-        # is left is an output that cannot be written (a full disk, a vanished
-        # share) in a command that writes without _open_output.
+        # Inputs are read through the reader, which raises FintraceError, and
+        # every output file is opened by _open_output or pcapwrite, which name
+        # it: what is left is standard output written directly (show's
+        # ladder, check's verdicts), which a full disk fails as well.
         if debug:
             raise
         _silence_stdout()
         if exc.filename is not None:
             message = f"{exc.filename}: {exc.strerror}"
         else:
-            message = f"<output>: cannot write output ({exc.strerror})"
+            message = f"<stdout>: cannot write output ({exc.strerror})"
         click.echo(f"fintrace: error: {message}", err=True)
         sys.exit(ExitCode.BAD_INPUT)
 
@@ -354,8 +381,7 @@ def main() -> None:
 @click.option(
     "--output",
     "-o",
-    # A directory is refused by _open_output in one line; click's check would not.
-    type=click.Path(dir_okay=True, allow_dash=True),
+    type=output_path(dash=True),
     default=None,
     help="Write the output here instead of standard output.",
 )
@@ -411,13 +437,15 @@ def analyze_cmd(
         keep = build_filters(
             close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
         )
+        bar = Progress(not quiet and sys.stderr.isatty())
+        # Every capture is opened here: one that cannot be read stops the
+        # command before the output exists (no empty file left behind).
+        run = analyze(options, bar.callback, jobs=jobs)
         with _open_output(output) as out:
             if fmt is None:
                 fmt = "table" if out.isatty() else "jsonl"
             renderer = make_renderer(fmt, out, limit=limit or None, color=color)
-            run_analysis(
-                options, renderer, keep, progress=not quiet and sys.stderr.isatty(), jobs=jobs
-            )
+            render(run, renderer, keep, bar)
     sys.exit(ExitCode.OK)
 
 

@@ -28,6 +28,7 @@ reader stays the only one that decodes packets.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
@@ -171,13 +172,24 @@ class _Input:
                 yield 0, btype, endian, block
 
 
-def _open_output(path: str, inputs: Sequence[str]) -> IO[bytes]:
+@contextlib.contextmanager
+def _output(path: str, inputs: Sequence[str]) -> Iterator[IO[bytes]]:
+    """The output file, closed at the end; a failed write (a full disk) names it."""
     for p in inputs:
         if os.path.exists(path) and os.path.exists(p) and os.path.samefile(path, p):
             raise FintraceError(f"{path}: the output would overwrite an input")
     try:
-        return open(path, "wb")
+        out = open(path, "wb")  # noqa: SIM115 - closed below
     except OSError as exc:
+        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
+    try:
+        with out:
+            yield out
+    except OSError as exc:
+        # Inputs are read through _read, which turns their errors into the end
+        # of the input: an OSError here is the output's (a write or the last flush).
+        if exc.filename is not None:
+            raise
         raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
 
 
@@ -288,7 +300,7 @@ def extract(inputs: Sequence[tuple[str, Collection[int]]], output: str) -> Writt
         pcap_headers = {s.header for s in opened if s.format == "pcap"}
         as_pcap = all(s.format == "pcap" for s in opened) and len(pcap_headers) == 1
         n = 0
-        with _open_output(output, [p for p, _ in inputs]) as out:
+        with _output(output, [p for p, _ in inputs]) as out:
             if as_pcap:
                 out.write(opened[0].header)
             for src, (_path, frames) in zip(opened, inputs, strict=True):
@@ -316,7 +328,7 @@ def annotate(path: str, comments: Mapping[int, str], output: str) -> Written:
     """A pcapng copy of ``path`` in which frame N carries the comment ``comments[N]``."""
     src = _Input(path)
     try:
-        with _open_output(output, [path]) as out:
+        with _output(output, [path]) as out:
             if src.format == "pcap":
                 return Written("pcapng", _pcap_as_pcapng(src, out, None, comments))
             n = uncommented = 0

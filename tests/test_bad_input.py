@@ -436,17 +436,18 @@ def test_standard_output_on_a_full_disk_is_refused() -> None:
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize(
-    "args",
+    ("args", "named"),
     [
-        ["show", "-q", str(DEMO), "0"],
-        ["check", "-q", "--max-stuck", "0", str(DEMO)],
-        ["extract", "-q", str(DEMO), "-o", "/dev/full"],
-        ["annotate", "-q", str(DEMO), "-o", "/dev/full"],
-        ["report", "-q", str(DEMO), "-o", "/dev/full"],
+        (["show", "-q", str(DEMO), "0"], "<stdout>"),
+        (["check", "-q", "--max-stuck", "0", str(DEMO)], "<stdout>"),
+        (["extract", "-q", str(DEMO), "-o", "/dev/full"], "/dev/full"),
+        (["annotate", "-q", str(DEMO), "-o", "/dev/full"], "/dev/full"),
+        (["report", "-q", str(DEMO), "-o", "/dev/full"], "/dev/full"),
     ],
     ids=["show", "check", "extract", "annotate", "report"],
 )
-def test_every_command_on_a_full_disk_says_so_in_one_line(args: list[str]) -> None:
+def test_every_command_on_a_full_disk_says_so_in_one_line(args: list[str], named: str) -> None:
+    # Standard output is /dev/full too: what is named is what failed first.
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
             [sys.executable, "-m", "fintrace", *args],
@@ -457,33 +458,55 @@ def test_every_command_on_a_full_disk_says_so_in_one_line(args: list[str]) -> No
             check=False,
         )
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("fintrace: error: "), lines[0]
-    assert lines[0].endswith(": cannot write output (No space left on device)"), lines[0]
+    assert proc.stderr == (
+        f"fintrace: error: {named}: cannot write output (No space left on device)\n"
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: extract and annotate open -o themselves and do not name it when a write "
-    "fails ('<output>' instead of the path); commands/ is not this task's",
-)
-@pytest.mark.parametrize("command", ["extract", "annotate"])
+#: Every command that writes a file: its arguments before the capture, and its output option.
+WRITERS = {
+    "analyze": (["analyze", "-q", "--format", "json"], "-o", "cannot write output"),
+    "report": (["report", "-q"], "-o", "cannot write output"),
+    "extract": (["extract", "-q"], "-o", "cannot write output"),
+    "annotate": (["annotate", "-q"], "-o", "cannot write output"),
+    "check": (["check", "-q", "--max-stuck", "0"], "--junit", "cannot write JUnit report"),
+}
+
+
+def write_with(command: str, capture: str | Path, output: str | Path) -> Result:
+    args, option, _ = WRITERS[command]
+    return CliRunner().invoke(main, [*args, str(capture), option, str(output)])
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", list(WRITERS))
 def test_output_file_on_a_full_disk_is_named_by_every_command(command: str) -> None:
-    result = CliRunner().invoke(main, [command, "-q", str(DEMO), "-o", "/dev/full"])
-    assert_refused(result, "/dev/full", "cannot write output (No space left on device)")
+    # extract and annotate once said '<output>': pcapwrite opens the file itself.
+    result = write_with(command, DEMO, "/dev/full")
+    assert_refused(result, "/dev/full", f"{WRITERS[command][2]} (No space left on device)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: report, extract and annotate declare -o with click.Path(dir_okay=False), "
-    "so a directory gets click's usage text, not the one-line error; commands/ is not this "
-    "task's",
-)
-@pytest.mark.parametrize("command", ["report", "extract", "annotate"])
+@pytest.mark.parametrize("command", list(WRITERS))
 def test_output_to_a_directory_is_refused_by_every_command(tmp_path: Path, command: str) -> None:
-    result = CliRunner().invoke(main, [command, "-q", str(DEMO), "-o", str(tmp_path)])
-    assert_refused(result, tmp_path, "cannot write output")
+    # report, extract, annotate and check --junit once left it to click, whose
+    # refusal is its usage text over several lines.
+    result = write_with(command, DEMO, tmp_path)
+    assert_refused(result, tmp_path, f"{WRITERS[command][2]} (Is a directory)")
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+@pytest.mark.parametrize("bad", ["missing", "not-a-capture"])
+def test_no_output_is_left_behind_when_a_capture_is_refused(
+    tmp_path: Path, command: str, bad: str
+) -> None:
+    # analyze once created its -o before opening the captures: an empty file stayed.
+    capture = tmp_path / "in.pcap"
+    if bad == "not-a-capture":
+        capture.write_text("GET / HTTP/1.1\r\n")
+    out = tmp_path / "out"
+    result = write_with(command, capture, out)
+    assert_refused(result, capture, "no such file" if bad == "missing" else "not a pcap")
+    assert not out.exists()
 
 
 # -- files cut short or with lying length fields ------------------------------------------------

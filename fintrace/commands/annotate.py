@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from fintrace.cli import _errors, analysis_options, build_filters, build_options
+from fintrace.cli import _errors, analysis_options, build_filters, build_options, output_path
 from fintrace.commands.extract import selected
 from fintrace.errors import FintraceError
 from fintrace.evidence import state_comments
@@ -28,7 +28,7 @@ from fintrace.pcapwrite import annotate
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False, allow_dash=False),
+    type=output_path(dash=False),
     help="The pcapng file to write.",
 )
 def command(

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from fintrace.check import Checker, RuleResult, failed
-from fintrace.cli import _errors, analysis_options, build_filters, build_options, run_analysis
+from fintrace.cli import (
+    _errors,
+    analysis_options,
+    build_filters,
+    build_options,
+    output_path,
+    run_analysis,
+)
 from fintrace.errors import FintraceError
 from fintrace.model import CloseType, ExitCode
 from fintrace.policy import (
@@ -211,7 +218,7 @@ def _rule_options(f: Any) -> Any:
         ),
         click.option(
             "--junit",
-            type=click.Path(dir_okay=False),
+            type=output_path(dash=False),
             default=None,
             help="Also write the verdicts as JUnit XML here.",
         ),

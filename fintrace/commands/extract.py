@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from fintrace.cli import Progress, _errors, analysis_options, build_filters, build_options
+from fintrace.cli import (
+    Progress,
+    _errors,
+    analysis_options,
+    build_filters,
+    build_options,
+    output_path,
+)
 from fintrace.evidence import frames_of
 from fintrace.findings import plural
 from fintrace.model import ExitCode
@@ -42,7 +49,7 @@ def selected(
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False, allow_dash=False),
+    type=output_path(dash=False),
     help="The capture to write (pcap or pcapng, as the input).",
 )
 def command(

@@ -13,6 +13,7 @@ from fintrace.cli import (
     analysis_options,
     build_filters,
     build_options,
+    output_path,
 )
 from fintrace.model import ExitCode
 from fintrace.pipeline import analyze
@@ -24,7 +25,7 @@ from fintrace.pipeline import analyze
     "--output",
     "-o",
     required=True,
-    type=click.Path(dir_okay=False, allow_dash=True),
+    type=output_path(dash=True),
     help="Write the HTML page here ('-': standard output).",
 )
 def command(
