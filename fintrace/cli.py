@@ -97,6 +97,18 @@ def output_path(*, dash: bool) -> click.Path:
     return click.Path(dir_okay=True, readable=False, allow_dash=dash)
 
 
+def warn(run: Run) -> None:
+    """Each capture's warnings on stderr, one line each, whatever the output.
+
+    They say the analysis is incomplete (a file cut off, a damaged block, a
+    link type not decoded), so ``--quiet``, which is about the progress bar,
+    does not hide them.
+    """
+    for cap in run.captures:
+        for w in cap.warnings:
+            click.echo(f"fintrace: warning: {cap.file}: {w}", err=True)
+
+
 class Progress:
     """A progress bar on stderr, only on a terminal.
 
@@ -446,6 +458,7 @@ def analyze_cmd(
                 fmt = "table" if out.isatty() else "jsonl"
             renderer = make_renderer(fmt, out, limit=limit or None, color=color)
             render(run, renderer, keep, bar)
+        warn(run)
     sys.exit(ExitCode.OK)
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from fintrace.cli import _errors, analysis_options, build_filters, build_options, output_path
+from fintrace.cli import _errors, analysis_options, build_filters, build_options, output_path, warn
 from fintrace.commands.extract import selected
 from fintrace.errors import FintraceError
 from fintrace.evidence import state_comments
@@ -80,4 +80,5 @@ def command(
             f"on {plural(len(chosen), 'connection')}{note}",
             err=True,
         )
+        warn(run)
     sys.exit(ExitCode.OK)

@@ -24,6 +24,7 @@ from fintrace.cli import (
     build_options,
     output_path,
     run_analysis,
+    warn,
 )
 from fintrace.errors import FintraceError
 from fintrace.model import CloseType, ExitCode
@@ -271,7 +272,7 @@ def command(
         )
         checker = Checker(policy, msl=options.msl, ephemeral_ports=options.ephemeral_ports)
         quiet = bool(params.get("quiet"))
-        run_analysis(options, checker, keep, progress=not quiet and sys.stderr.isatty())
+        run = run_analysis(options, checker, keep, progress=not quiet and sys.stderr.isatty())
         results = checker.results()
         if junit is not None:
             write_junit(junit, results)
@@ -280,6 +281,7 @@ def command(
         if github:
             for line in github_lines(results):
                 click.echo(line)
+        warn(run)
         if failed(results):
             code = ExitCode.CHECK_FAILED
     sys.exit(code)

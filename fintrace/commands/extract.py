@@ -19,6 +19,7 @@ from fintrace.cli import (
     build_filters,
     build_options,
     output_path,
+    warn,
 )
 from fintrace.evidence import frames_of
 from fintrace.findings import plural
@@ -96,4 +97,5 @@ def command(
             f"{plural(len(chosen), 'connection')} ({written.format})",
             err=True,
         )
+        warn(run)
     sys.exit(ExitCode.OK)

@@ -14,6 +14,7 @@ from fintrace.cli import (
     build_filters,
     build_options,
     output_path,
+    warn,
 )
 from fintrace.model import ExitCode
 from fintrace.pipeline import analyze
@@ -78,4 +79,5 @@ def command(
                 for conn in run.connections():
                     renderer.connection(conn)
                 renderer.end(run)
+        warn(run)
     sys.exit(ExitCode.OK)

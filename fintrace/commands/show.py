@@ -7,7 +7,7 @@ import sys
 import click
 from rich.console import Console
 
-from fintrace.cli import Progress, _errors, build_options
+from fintrace.cli import Progress, _errors, build_options, warn
 from fintrace.errors import FintraceError
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import ExitCode
@@ -74,4 +74,5 @@ def command(
             raise FintraceError(f"{capture}: no tcp.stream {stream} (the capture has {have})")
         console = Console(force_terminal=color, no_color=color is False)
         render_ladder(console, found, rows(found, run.traces[stream]), everything=everything)
+        warn(run)
     sys.exit(ExitCode.OK)
