@@ -326,6 +326,7 @@ def test_policy_option_and_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyP
         (["--max-stuck", "-1", DEMO], "--max-stuck: max_stuck must be a whole number ≥ 0"),
         (["--max-stuck", "0", "no/such.pcap"], "no/such.pcap"),
         (["--policy", "no/such.toml", DEMO], "no/such.toml: no such policy file"),
+        (["--policy", ".", DEMO], ".: cannot read policy (Is a directory)"),
     ],
 )
 def test_exit_2_on_bad_usage_or_input(

@@ -172,7 +172,8 @@ def _rule_options(f: Any) -> Any:
         click.option(
             "--policy",
             "policy_file",
-            type=click.Path(dir_okay=False),
+            # load_policy_file refuses a directory or an unreadable file in one line.
+            type=click.Path(dir_okay=True, readable=False),
             default=None,
             help="TOML policy file (rules at its top or under [tool.fintrace.check]); "
             "without it, ./pyproject.toml's [tool.fintrace.check] is used.",
