@@ -16,7 +16,8 @@ from fintrace.render.ladder import render_ladder, rows
 
 
 @click.command("show")
-@click.argument("capture", type=click.Path(dir_okay=True, allow_dash=False))
+# The reader names an unreadable capture in one line; click's check would not.
+@click.argument("capture", type=click.Path(dir_okay=True, readable=False, allow_dash=False))
 @click.argument("stream", type=click.IntRange(min=0))
 @click.option("--all", "everything", is_flag=True, help="Every segment, not only the close.")
 @click.option(
