@@ -25,26 +25,36 @@ Streams are numbered exactly as Wireshark 4.0 (``packet-tcp.c``) numbers
 
 Finished connections leave the table: a connection superseded by a new
 stream on its 4-tuple at once, a closed or reset one when ``linger`` seconds
-of packet time pass without a packet on it (by default 2×MSL, the TIME_WAIT
-span), so memory follows the connections open at once. Open connections
-stay until the capture ends.
+of packet time pass without a packet on it, so memory follows the
+connections open at once. Open connections stay until the capture ends.
+
+A connection that left after ``linger`` leaves a :class:`Tombstone` behind
+for ``remember`` seconds more (by default 2×MSL, the TIME_WAIT span): a few
+numbers instead of the whole tracker. It keeps stream numbering exact (a
+late segment still belongs to the old stream, a SYN may start a new one) and
+lets a new connection on the 4-tuple say which one it reuses. A segment that
+reaches a tombstone is counted in :attr:`FlowTable.late`, per file, since
+the verdict it might have changed was already given.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment
-from fintrace.tracker import HALF, M32, Half, Tracker
+from fintrace.tracker import HALF, M32, Half, Tracker, freeze, thaw
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 #: Flags that keep a segment off the fast path: anything but a plain ACK.
 _FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
 #: How often, in packet-time seconds, lingering connections are looked at.
 _EXPIRY_EVERY = 1.0
+#: Open connections idle this long (packet time) are frozen to bytes; so often
+#: the table looks for them.
+FREEZE_AFTER = 30.0
 
 #: Stream numbering rules, by the Wireshark release they were checked against.
 NUMBERINGS = ("wireshark-4.4", "wireshark-4.0")
@@ -57,6 +67,48 @@ def reverse_key(key: bytes) -> bytes:
     return key[16:32] + key[0:16] + key[34:36] + key[32:34]
 
 
+class Tombstone:
+    """What is left of a finished connection while its 4-tuple is remembered."""
+
+    __slots__ = ("base_a", "base_b", "capture", "closing", "key_a", "key_b", "last_ts", "stream")
+
+    #: Never quiet: the hot loop sends every segment that finds one to the slow path.
+    quiet = False
+
+    def __init__(self, conn: Tracker) -> None:
+        self.stream = conn.stream
+        self.capture = conn.file_spans[-1][0]
+        self.key_a = conn.a.key
+        self.key_b = conn.b.key
+        self.base_a = conn.a.ws_base
+        self.base_b = conn.b.ws_base
+        self.closing = conn.ws_closing
+        self.last_ts = conn.last_ts
+
+    @property
+    def conn(self) -> Tombstone:
+        return self
+
+
+class Frozen:
+    """An idle open connection, kept as :func:`~fintrace.tracker.freeze` bytes."""
+
+    __slots__ = ("blob", "capture", "key_a", "key_b", "stream")
+
+    quiet = False
+
+    def __init__(self, conn: Tracker) -> None:
+        self.stream = conn.stream
+        self.capture = conn.capture
+        self.key_a = conn.a.key
+        self.key_b = conn.b.key
+        self.blob = freeze(conn)
+
+    @property
+    def conn(self) -> Frozen:
+        return self
+
+
 class FlowTable:
     """Connections by flow key, numbered as Wireshark numbers them."""
 
@@ -64,17 +116,25 @@ class FlowTable:
         self,
         *,
         linger: float = 60.0,
+        remember: float = 0.0,
         numbering: str = "wireshark-4.4",
         trace: frozenset[int] | None = None,
     ) -> None:
         if numbering not in NUMBERINGS:
             raise ValueError(f"unknown numbering {numbering!r}")
         self.linger = linger
+        #: Seconds after its last packet a finished 4-tuple is remembered.
+        self.remember = max(remember, linger)
         self.numbering_44 = numbering == "wireshark-4.4"
-        self.table: dict[bytes, Half] = {}
+        self.table: dict[bytes, Half | Tombstone | Frozen] = {}
         #: Live connections in order of creation (a dict used as an ordered set).
         self.live: dict[Tracker, None] = {}
         self._lingering: deque[tuple[float, Tracker]] = deque()
+        self._tombs: deque[tuple[float, Tombstone]] = deque()
+        self._frozen: dict[Frozen, None] = {}
+        self._next_freeze = 0.0
+        #: Segments that reached a tombstone, per file index.
+        self.late: dict[int, int] = {}
         self._next_check = 0.0
         self.capture = 0
         self.next_stream = 0
@@ -103,7 +163,9 @@ class FlowTable:
 
     def consume(self, segments: Iterable[Segment]) -> Iterator[Tracker]:
         """Feed segments; yield connections as they finish."""
-        get = self.table.get
+        # A tombstone is never quiet, so the hot loop only ever reads Halves
+        # and hands a tombstone to the slow path untouched.
+        get = cast("Callable[[bytes], Half | None]", self.table.get)
         slow = self._slow
         for frame, ts, key, seq, ack, flags, plen, win, wscale in segments:
             h = get(key)
@@ -131,7 +193,7 @@ class FlowTable:
 
     def _slow(
         self,
-        h: Half | None,
+        h: Half | Tombstone | Frozen | None,
         frame: int,
         ts: float,
         key: bytes,
@@ -144,15 +206,40 @@ class FlowTable:
     ) -> list[Tracker] | None:
         done: list[Tracker] | None = None
         self.now = max(self.now, ts)
-        if h is not None:
+        if ts >= self._next_check:
+            # Before this segment: it may come after its connection's linger.
+            self._next_check = ts + _EXPIRY_EVERY
+            done = self._expire(ts)
+            if done:
+                h = self.table.get(key)
+            if ts >= self._next_freeze:
+                self._next_freeze = ts + FREEZE_AFTER
+                self._freeze_idle(ts)
+                h = self.table.get(key)
+        if isinstance(h, Frozen):
+            h = self._thaw(h, key)
+        if isinstance(h, Tombstone):
+            tomb = h
+            reuse = None
+            if tomb.capture == self.capture:
+                if not (flags & SYN and self._tomb_starts_new_stream(tomb, key, seq, flags)):
+                    # Late: part of the finished stream, whose verdict is given.
+                    tomb.last_ts = ts
+                    self.late[self.capture] = self.late.get(self.capture, 0) + 1
+                    return done
+                reuse = (tomb.stream, ts - tomb.last_ts)
+            # Else opened on its own, this file numbers the segment as a new stream.
+            self._bury(tomb)
+            h = self._new(key, frame, ts, reuse)
+        elif h is not None:
             conn = h.conn
             if flags & SYN and self._starts_new_stream(h, seq, flags):
-                done = [self._remove(conn)]
-                h = self._new(key, frame, ts, previous=conn)
+                done = (done or []) + [self._remove(conn)]
+                h = self._new(key, frame, ts, (conn.stream, ts - conn.last_ts))
             elif conn.capture != self.capture and conn.file_spans[-1][0] != self.capture:
                 conn.open_span(self.capture, self._number(), frame)
         else:
-            h = self._new(key, frame, ts, previous=None)
+            h = self._new(key, frame, ts, None)
         if not flags & COUNT_ONLY:
             if h.ws_base < 0:
                 h.ws_base = seq if flags & SYN else (seq - 1) & M32
@@ -165,12 +252,14 @@ class FlowTable:
         conn.segment(h, frame, ts, seq, ack, flags, plen, win, wscale)
         if conn.terminal and not was_terminal:
             self._lingering.append((conn.last_ts + self.linger, conn))
-        if ts >= self._next_check:
-            self._next_check = ts + _EXPIRY_EVERY
-            expired = self._expire(ts)
-            if expired:
-                done = (done or []) + expired
         return done
+
+    def _tomb_starts_new_stream(self, tomb: Tombstone, key: bytes, seq: int, flags: int) -> bool:
+        """:meth:`_starts_new_stream` for a SYN on a remembered 4-tuple."""
+        base = tomb.base_a if key == tomb.key_a else tomb.base_b
+        if self.numbering_44:
+            return tomb.closing or (base >= 0 and seq != base)
+        return not flags & ACK and base >= 0 and seq != base
 
     def _starts_new_stream(self, h: Half, seq: int, flags: int) -> bool:
         """Whether a segment with SYN set begins a new stream (Wireshark's rules)."""
@@ -183,11 +272,10 @@ class FlowTable:
         self.next_stream = n + 1
         return n
 
-    def _new(self, key: bytes, frame: int, ts: float, previous: Tracker | None) -> Half:
+    def _new(self, key: bytes, frame: int, ts: float, reuse: tuple[int, float] | None) -> Half:
         rkey = reverse_key(key)
         conn = Tracker(self._number(), self.capture, key, rkey, frame, ts)
-        if previous is not None:
-            conn.reuse = (previous.stream, ts - previous.last_ts)
+        conn.reuse = reuse
         if self._trace is not None and conn.stream in self._trace and self.capture == 0:
             conn.trace = []
         self.table[key] = conn.a
@@ -203,8 +291,40 @@ class FlowTable:
         self.live.pop(conn, None)
         return conn
 
+    def _freeze_idle(self, now: float) -> None:
+        """Open connections with no packet for :data:`FREEZE_AFTER` s become bytes."""
+        limit = now - FREEZE_AFTER
+        idle = [c for c in self.live if c.last_ts <= limit and not c.terminal and c.trace is None]
+        table = self.table
+        for conn in idle:
+            self._remove(conn)
+            f = Frozen(conn)
+            table[f.key_a] = table[f.key_b] = f
+            self._frozen[f] = None
+            # Break the tracker's cycles: the collector is paused.
+            conn.a.peer = conn.b.peer = conn.a.conn = conn.b.conn = None  # type: ignore[assignment]
+            conn.first_fin = conn.rst_from = None
+            conn.transitions = []
+
+    def _thaw(self, f: Frozen, key: bytes) -> Half:
+        del self._frozen[f]
+        conn = thaw(f.blob)
+        self.table[f.key_a] = conn.a
+        self.table[f.key_b] = conn.b
+        self.live[conn] = None
+        if conn.terminal:
+            self._lingering.append((conn.last_ts + self.linger, conn))
+        return conn.a if key == f.key_a else conn.b
+
+    def _bury(self, tomb: Tombstone) -> None:
+        table = self.table
+        for key in (tomb.key_a, tomb.key_b):
+            if table.get(key) is tomb:
+                del table[key]
+
     def _expire(self, now: float) -> list[Tracker] | None:
         """Connections that ended and saw no packet for ``linger`` seconds."""
+        tombs = self._tombs
         out: list[Tracker] | None = None
         q = self._lingering
         linger = self.linger
@@ -220,13 +340,35 @@ class FlowTable:
             if out is None:
                 out = []
             out.append(self._remove(conn))
+            due = conn.last_ts + self.remember
+            if due > now:
+                tomb = Tombstone(conn)
+                self.table[tomb.key_a] = self.table[tomb.key_b] = tomb
+                tombs.append((due, tomb))
+        while tombs and tombs[0][0] <= now:
+            _, tomb = tombs.popleft()
+            due = tomb.last_ts + self.remember
+            if due > now:
+                tombs.append((due, tomb))
+            else:
+                self._bury(tomb)
         return out
 
     def finish(self) -> list[Tracker]:
         """The capture ended: every connection still in the table, in stream order."""
-        rest = list(self.live)
-        for conn in rest:
-            self._remove(conn)
+        return list(self.drain())
+
+    def drain(self) -> Iterator[Tracker]:
+        """:meth:`finish` one connection at a time: frozen ones thaw as they come."""
+        rest: list[tuple[int, int, Tracker | Frozen]] = [
+            (c.capture, c.stream, c) for c in self.live
+        ]
+        rest += ((f.capture, f.stream, f) for f in self._frozen)
+        self.live.clear()
+        self._frozen.clear()
         self._lingering.clear()
-        rest.sort(key=lambda c: (c.capture, c.stream))
-        return rest
+        self._tombs.clear()
+        self.table.clear()
+        rest.sort(key=lambda r: (r[0], r[1]))
+        for _, _, c in rest:
+            yield thaw(c.blob) if isinstance(c, Frozen) else c

@@ -60,6 +60,15 @@ def new_transition(values: tuple[Role, State, int, float]) -> Transition:
 Progress = Callable[[int, int], None]
 
 
+#: Seconds of packet time a closed or reset connection waits for late segments
+#: (a retransmitted FIN whose ACK was lost, a RST after the close) before it
+#: is reported and forgotten: 30 s hold the first seven retransmissions of a
+#: FIN at Linux's minimum RTO (0.2 s, doubling: 25.4 s in all); a RST answers
+#: within a round trip. Its 4-tuple is remembered for 2×MSL (numbering,
+#: reused_tuple) at a few dozen bytes.
+DEFAULT_LINGER = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class AnalyzeOptions:
     """Everything a run depends on; the CLI builds one from its options."""
@@ -68,8 +77,8 @@ class AnalyzeOptions:
     separate: bool = False
     stuck_after: float = 60.0
     msl: float = 30.0
-    #: Seconds of packet time a finished connection stays in the table;
-    #: None means 2×MSL.
+    #: Seconds of packet time a finished connection waits for late segments
+    #: before it is reported; None means :data:`DEFAULT_LINGER` (at most 2×MSL).
     linger: float | None = None
     numbering: str = "wireshark-4.4"
     ephemeral_ports: int = 28232
@@ -78,7 +87,12 @@ class AnalyzeOptions:
 
     @property
     def linger_s(self) -> float:
-        return 2 * self.msl if self.linger is None else self.linger
+        return min(DEFAULT_LINGER, 2 * self.msl) if self.linger is None else self.linger
+
+    @property
+    def remember_s(self) -> float:
+        """Seconds a finished connection's 4-tuple is remembered: 2×MSL, the TIME_WAIT span."""
+        return 2 * self.msl
 
 
 @dataclass(slots=True)
@@ -206,7 +220,9 @@ class Run:
 
     def _table(self) -> FlowTable:
         o = self.options
-        return FlowTable(linger=o.linger_s, numbering=o.numbering, trace=o.trace_streams)
+        return FlowTable(
+            linger=o.linger_s, remember=o.remember_s, numbering=o.numbering, trace=o.trace_streams
+        )
 
     def _file(self, table: FlowTable, cap: CaptureFile, index: int) -> Iterator[Connection]:
         info = CaptureInfo(cap.path, cap.format, cap.compression, cap.size, cap.linktypes)
@@ -233,6 +249,12 @@ class Run:
         info.tcp_packets = info.packets - sum(info.skipped.values())
         info.truncated = cap.truncated
         info.warnings.extend(cap.warnings)
+        late = table.late.pop(index, 0)
+        if late:
+            info.warnings.append(
+                f"{late} segment(s) came more than {self.options.linger_s:g} s after their "
+                "connection ended and are not in its verdict (--linger waits longer)"
+            )
         if stats.last_ts is not None:
             self.end_ts = max(self.end_ts, stats.last_ts)
 
@@ -257,7 +279,7 @@ class Run:
         # slow path, and a plain ACK or data segment may have come later.
         last = self.captures[-1].last_ts if self.options.separate else self.end_ts
         end = table.now if last is None else max(table.now, last)
-        for conn in table.finish():
+        for conn in table.drain():
             yield self._connection(conn, end)
 
     def _capture_name(self, index: int) -> str:

@@ -23,6 +23,8 @@ what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 
 from __future__ import annotations
 
+import marshal
+
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
 
@@ -524,3 +526,63 @@ class Tracker:
         last = self.file_spans[-1]
         done.append((last[0], last[1], last[2], self.last_frame, self.packets - last[4]))
         return done
+
+
+# -- compact form of an idle connection ----------------------------------------------
+
+_HALF_SLOTS = tuple(s for s in Half.__slots__ if s not in ("conn", "peer"))
+_TRACKER_SLOTS = tuple(
+    s for s in Tracker.__slots__ if s not in ("a", "b", "anomalies", "transitions", "trace")
+)
+_HALF_REFS = ("first_fin", "rst_from")
+_STATES = {s.value: s for s in State}
+
+
+def freeze(conn: Tracker) -> bytes:
+    """The whole tracker as one bytes object, a third of its size in objects.
+
+    For a connection that has gone idle and may stay so until the capture
+    ends: :func:`thaw` gives back an equal tracker when a segment comes.
+    Traced connections (``show``) are not frozen.
+    """
+    a, b = conn.a, conn.b
+    halves = []
+    for h in (a, b):
+        v = [getattr(h, s) for s in _HALF_SLOTS]
+        st = h.state
+        v[_HALF_SLOTS.index("state")] = None if st is None else st.value
+        halves.append(v)
+    t = [getattr(conn, s) for s in _TRACKER_SLOTS]
+    for name in _HALF_REFS:
+        i = _TRACKER_SLOTS.index(name)
+        t[i] = None if t[i] is None else (0 if t[i] is a else 1)
+    anomalies = None if conn.anomalies is None else {str(k): n for k, n in conn.anomalies.items()}
+    transitions = [(0 if h is a else 1, s.value, f, ts) for h, s, f, ts in conn.transitions]
+    return marshal.dumps((halves, t, anomalies, transitions))
+
+
+def thaw(blob: bytes) -> Tracker:
+    """The tracker :func:`freeze` made ``blob`` of."""
+    halves, t, anomalies, transitions = marshal.loads(blob)
+    conn = Tracker.__new__(Tracker)
+    hs = []
+    for v in halves:
+        h = Half.__new__(Half)
+        for name, value in zip(_HALF_SLOTS, v, strict=True):
+            setattr(h, name, value)
+        if h.state is not None:
+            h.state = _STATES[h.state]
+        h.conn = conn
+        hs.append(h)
+    a, b = hs
+    a.peer, b.peer = b, a
+    conn.a, conn.b = a, b
+    for name, value in zip(_TRACKER_SLOTS, t, strict=True):
+        setattr(conn, name, value)
+    for name in _HALF_REFS:
+        i = getattr(conn, name)
+        setattr(conn, name, None if i is None else hs[i])
+    conn.anomalies = None if anomalies is None else {Anomaly(k): n for k, n in anomalies.items()}
+    conn.transitions = [(hs[i], _STATES[s], f, ts) for i, s, f, ts in transitions]
+    conn.trace = None
+    return conn
