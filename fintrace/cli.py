@@ -281,8 +281,8 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0),
             default=None,
             metavar="SECONDS",
-            help="Packet time a closed connection is kept for late segments "
-            "[default: 2×MSL; 'inf' keeps all].",
+            help="Packet time a closed or reset connection waits for late segments "
+            "before it is reported [default: 30 s, at most 2×MSL; 'inf' keeps all].",
         ),
         click.option(
             "--numbering",
