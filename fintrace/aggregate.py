@@ -126,9 +126,10 @@ class _Service:
     stuck: int = 0
     open: int = 0
     oldest_s: float = 0.0
-    stuck_examples: _Examples = field(default_factory=_Examples)
-    waits: array[float] = field(default_factory=lambda: array("d"))
-    slowest: _Examples = field(default_factory=_Examples)
+    # Made when first needed: a capture can hold a service per client address.
+    stuck_examples: _Examples | None = None
+    waits: array[float] | None = None
+    slowest: _Examples | None = None
 
 
 @dataclass(slots=True)
@@ -285,13 +286,19 @@ class Aggregator:
                 w.examples.add(c.capture, c.stream, wait)
             if c.stuck:
                 svc.stuck += 1
+                if svc.stuck_examples is None:
+                    svc.stuck_examples = _Examples()
                 svc.stuck_examples.add(c.capture, c.stream, wait)
                 svc.oldest_s = max(svc.oldest_s, wait)
             else:
                 svc.open += 1
         elif c.close_type in _COMPLETED:
+            if svc.waits is None:
+                svc.waits = array("d")
             svc.waits.append(wait)
             if wait >= self.options.slow_after:
+                if svc.slowest is None:
+                    svc.slowest = _Examples()
                 svc.slowest.add(c.capture, c.stream, wait)
 
     def _time_wait(self, c: Connection) -> None:
@@ -387,7 +394,7 @@ class Aggregator:
         for name, svc in self.services.items():
             who = {"service": name, "role": svc.role, "ip": svc.ip, "port": svc.port}
             who["peer"] = svc.peer
-            if svc.stuck:
+            if svc.stuck and svc.stuck_examples is not None:
                 stuck.append(
                     who
                     | {
@@ -406,8 +413,8 @@ class Aggregator:
                         "p50_s": percentile(w, 50),
                         "p95_s": percentile(w, 95),
                         "max_s": w[-1],
-                        "slow": svc.slowest.total,
-                        "slow_streams": svc.slowest.as_dict(),
+                        "slow": 0 if svc.slowest is None else svc.slowest.total,
+                        "slow_streams": {} if svc.slowest is None else svc.slowest.as_dict(),
                     }
                 )
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
