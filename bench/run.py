@@ -136,15 +136,15 @@ class TreeSampler(threading.Thread):
         self.pid = pid
         self.every = every
         self.peak_kb = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.every):
+        while not self._halt.wait(self.every):
             total = sum(_rss_kb(p) for p in _tree(self.pid))
             self.peak_kb = max(self.peak_kb, total)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.peak_kb
 
