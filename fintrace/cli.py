@@ -358,6 +358,28 @@ def build_options(
     )
 
 
+def from_params(params: dict[str, Any]) -> tuple[AnalyzeOptions, Filters]:
+    """The options and filters of :func:`analysis_options`, from a command's keywords."""
+    options = build_options(
+        **{
+            k: params[k]
+            for k in (
+                "captures",
+                "separate",
+                "stuck_after",
+                "msl",
+                "linger",
+                "numbering",
+                "ephemeral_ports",
+            )
+        }
+    )
+    keep = build_filters(
+        **{k: params[k] for k in ("close_types", "stuck", "ports", "hosts", "streams")}
+    )
+    return options, keep
+
+
 def build_filters(
     *,
     close_types: tuple[str, ...],

@@ -10,10 +10,11 @@ every packet is copied either way.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
-from fintrace.cli import _errors, analysis_options, build_filters, build_options, output_path, warn
+from fintrace.cli import _errors, analysis_options, from_params, output_path, warn
 from fintrace.commands.extract import selected
 from fintrace.errors import FintraceError
 from fintrace.evidence import state_comments
@@ -33,39 +34,17 @@ from fintrace.pcapwrite import annotate
 )
 def command(
     *,
-    captures: tuple[str, ...],
-    separate: bool,
-    stuck_after: float,
-    msl: float,
-    linger: float | None,
-    numbering: str,
-    ephemeral_ports: int,
-    close_types: tuple[str, ...],
-    stuck: bool,
-    ports: tuple[int, ...],
-    hosts: tuple[str, ...],
-    streams: tuple[int, ...],
     quiet: bool,
     debug: bool,
     output: str,
+    **params: Any,
 ) -> None:
     """Write a pcapng copy of CAPTURE with a comment on every packet that changed a state."""
     with _errors(debug):
-        if len(captures) != 1:
+        if len(params["captures"]) != 1:
             # Frame numbers in the comments are those of one file.
             raise FintraceError("annotate takes exactly one capture")
-        options = build_options(
-            captures=captures,
-            separate=separate,
-            stuck_after=stuck_after,
-            msl=msl,
-            linger=linger,
-            numbering=numbering,
-            ephemeral_ports=ephemeral_ports,
-        )
-        keep = build_filters(
-            close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
-        )
+        options, keep = from_params(params)
         run, chosen = selected(options, keep, quiet=quiet)
         comments = state_comments(chosen)
         written = annotate(run.captures[0].file, comments, output)

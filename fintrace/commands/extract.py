@@ -8,7 +8,7 @@ the filters keep, byte for byte, in the input's format (see
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,8 +16,7 @@ from fintrace.cli import (
     Progress,
     _errors,
     analysis_options,
-    build_filters,
-    build_options,
+    from_params,
     output_path,
     warn,
 )
@@ -55,36 +54,14 @@ def selected(
 )
 def command(
     *,
-    captures: tuple[str, ...],
-    separate: bool,
-    stuck_after: float,
-    msl: float,
-    linger: float | None,
-    numbering: str,
-    ephemeral_ports: int,
-    close_types: tuple[str, ...],
-    stuck: bool,
-    ports: tuple[int, ...],
-    hosts: tuple[str, ...],
-    streams: tuple[int, ...],
     quiet: bool,
     debug: bool,
     output: str,
+    **params: Any,
 ) -> None:
     """Write the packets of the connections the filters select to OUTPUT."""
     with _errors(debug):
-        options = build_options(
-            captures=captures,
-            separate=separate,
-            stuck_after=stuck_after,
-            msl=msl,
-            linger=linger,
-            numbering=numbering,
-            ephemeral_ports=ephemeral_ports,
-        )
-        keep = build_filters(
-            close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
-        )
+        options, keep = from_params(params)
         run, chosen = selected(options, keep, quiet=quiet)
         frames = frames_of(chosen)
         inputs = [(cap.file, frames[cap.file]) for cap in run.captures if frames.get(cap.file)]

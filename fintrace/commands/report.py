@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -11,8 +12,7 @@ from fintrace.cli import (
     _errors,
     _open_output,
     analysis_options,
-    build_filters,
-    build_options,
+    from_params,
     output_path,
     warn,
 )
@@ -31,21 +31,10 @@ from fintrace.pipeline import analyze
 )
 def command(
     *,
-    captures: tuple[str, ...],
-    separate: bool,
-    stuck_after: float,
-    msl: float,
-    linger: float | None,
-    numbering: str,
-    ephemeral_ports: int,
-    close_types: tuple[str, ...],
-    stuck: bool,
-    ports: tuple[int, ...],
-    hosts: tuple[str, ...],
-    streams: tuple[int, ...],
     quiet: bool,
     debug: bool,
     output: str,
+    **params: Any,
 ) -> None:
     """Write one HTML page on CAPTURES: summary, findings, charts, connections.
 
@@ -55,18 +44,7 @@ def command(
     from fintrace.render.html import HtmlRenderer
 
     with _errors(debug):
-        options = build_options(
-            captures=captures,
-            separate=separate,
-            stuck_after=stuck_after,
-            msl=msl,
-            linger=linger,
-            numbering=numbering,
-            ephemeral_ports=ephemeral_ports,
-        )
-        keep = build_filters(
-            close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
-        )
+        options, keep = from_params(params)
         with Progress(not quiet and sys.stderr.isatty()) as progress:
             # Every capture is opened here: one that cannot be read stops the
             # command before an empty page is left behind.
