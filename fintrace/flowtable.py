@@ -257,15 +257,17 @@ class FlowTable:
     def _tomb_starts_new_stream(self, tomb: Tombstone, key: bytes, seq: int, flags: int) -> bool:
         """:meth:`_starts_new_stream` for a SYN on a remembered 4-tuple."""
         base = tomb.base_a if key == tomb.key_a else tomb.base_b
-        if self.numbering_44:
-            return tomb.closing or (base >= 0 and seq != base)
-        return not flags & ACK and base >= 0 and seq != base
+        return self._syn_starts_stream(base, tomb.closing, seq, flags)
 
     def _starts_new_stream(self, h: Half, seq: int, flags: int) -> bool:
-        """Whether a segment with SYN set begins a new stream (Wireshark's rules)."""
+        """Whether a segment with SYN set begins a new stream."""
+        return self._syn_starts_stream(h.ws_base, h.conn.ws_closing, seq, flags)
+
+    def _syn_starts_stream(self, base: int, closing: bool, seq: int, flags: int) -> bool:
+        """Wireshark's rule, from the direction's base sequence number and the FIN/RST bit."""
         if self.numbering_44:
-            return h.conn.ws_closing or (h.ws_base >= 0 and seq != h.ws_base)
-        return not flags & ACK and h.ws_base >= 0 and seq != h.ws_base
+            return closing or (base >= 0 and seq != base)
+        return not flags & ACK and base >= 0 and seq != base
 
     def _number(self) -> int:
         n = self.next_stream
