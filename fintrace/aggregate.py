@@ -4,8 +4,10 @@
 is finished, and keeps only compact aggregates: counters, a bounded list of
 example streams per item, and for the TIME_WAIT and CLOSE_WAIT figures one
 8-byte float per connection that held TIME_WAIT or completed a close (in
-``array('d')``), so memory stays small on captures of millions of
-connections.
+``array('d')``; an item that holds one keeps a lone float), so memory stays
+small on captures of millions of connections. Items are keyed by tuples of
+the connections' address strings (shared, see :func:`fintrace.pipeline.ip_text`);
+names are made only for the summary.
 
 What it adds up (``../shared/TEARDOWN.md``, "What the report adds up"), as
 the keys of :meth:`Aggregator.summary`. These keys are read by the renderers
@@ -68,7 +70,7 @@ import math
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from fintrace.model import CloseType, Connection, Role, State
 
@@ -117,19 +119,51 @@ class _Examples:
         return {cap: sorted(streams) for cap, streams in out.items()}
 
 
+#: A service by what names it: ``(ip, port)`` for a server, ``(client ip,
+#: server ip, server port)`` for a client (see the module docstring).
+_ServiceKey = tuple[str, int] | tuple[str, str, int]
+
+#: Start times (or waits) of one item: a lone float until a second one comes,
+#: since most items of a large capture (a client toward one service) hold one.
+_Floats: TypeAlias = "float | array[float]"
+
+
+def _push(d: dict[Any, _Floats], key: Any, value: float) -> None:
+    """Append ``value`` to the :data:`_Floats` of ``key``."""
+    old = d.get(key)
+    if old is None:
+        d[key] = value
+    elif isinstance(old, float):
+        d[key] = array("d", (old, value))
+    else:
+        old.append(value)
+
+
+def _floats(v: _Floats) -> list[float] | array[float]:
+    return [v] if isinstance(v, float) else v
+
+
 @dataclass(slots=True)
 class _Service:
-    role: str
-    ip: str
-    port: int | None
-    peer: str | None
+    """CLOSE_WAIT figures of one service; its name and address are its key."""
+
     stuck: int = 0
     open: int = 0
     oldest_s: float = 0.0
     # Made when first needed: a capture can hold a service per client address.
     stuck_examples: _Examples | None = None
-    waits: array[float] | None = None
+    waits: _Floats | None = None
     slowest: _Examples | None = None
+
+
+def _service_names(key: _ServiceKey) -> tuple[str, str, str, int | None, str | None]:
+    """(name, role, ip, port, peer) of a service key, as the module docstring says."""
+    if len(key) == 2:
+        ip, port = key
+        return f"{host(ip)}:{port}", "server", ip, port, None
+    cip, sip, sport = key
+    peer = f"{host(sip)}:{sport}"
+    return f"{cip} (client of {peer})", "client", cip, None, peer
 
 
 @dataclass(slots=True)
@@ -181,12 +215,11 @@ def host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
-def _service(c: Connection, passive: Role) -> tuple[str, str, str, int | None, str | None]:
-    """(name, role, ip, port, peer) of the passive endpoint, as the module docstring says."""
+def _service_key(c: Connection, passive: Role) -> _ServiceKey:
+    """The key of the passive endpoint's service."""
     if passive is Role.SERVER:
-        return f"{host(c.server.ip)}:{c.server.port}", "server", c.server.ip, c.server.port, None
-    peer = f"{host(c.server.ip)}:{c.server.port}"
-    return f"{c.client.ip} (client of {peer})", "client", c.client.ip, None, peer
+        return (c.server.ip, c.server.port)
+    return (c.client.ip, c.server.ip, c.server.port)
 
 
 class Aggregator:
@@ -199,10 +232,8 @@ class Aggregator:
         self.active: Counter[str] = Counter()
         self.tw_holders: Counter[str] = Counter()
         self.tw_by_host: defaultdict[str, array[float]] = defaultdict(lambda: array("d"))
-        self.tw_by_triple: defaultdict[tuple[str, str, int], array[float]] = defaultdict(
-            lambda: array("d")
-        )
-        self.services: dict[str, _Service] = {}
+        self.tw_by_triple: dict[tuple[str, str, int], _Floats] = {}
+        self.services: dict[_ServiceKey, _Service] = {}
         self.fin_wait_2: Counter[str] = Counter()
         self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
         self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -271,10 +302,10 @@ class Aggregator:
 
     def _close_wait(self, c: Connection, wait: float) -> None:
         passive = Role.SERVER if c.active_closer is Role.CLIENT else Role.CLIENT
-        name, role, ip, port, peer = _service(c, passive)
-        svc = self.services.get(name)
+        key = _service_key(c, passive)
+        svc = self.services.get(key)
         if svc is None:
-            svc = self.services[name] = _Service(role, ip, port, peer)
+            svc = self.services[key] = _Service()
         if c.close_type is CloseType.CLOSE_WAIT:
             closer = c.client if c.active_closer is Role.CLIENT else c.server
             self.fin_wait_2[closer.ip] += 1
@@ -282,7 +313,7 @@ class Aggregator:
                 w = self.waiters[closer.ip]
                 w.count += 1
                 w.longest_s = max(w.longest_s, wait)
-                w.peers[name] += 1
+                w.peers[_service_names(key)[0]] += 1
                 w.examples.add(c.capture, c.stream, wait)
             if c.stuck:
                 svc.stuck += 1
@@ -294,8 +325,11 @@ class Aggregator:
                 svc.open += 1
         elif c.close_type in _COMPLETED:
             if svc.waits is None:
-                svc.waits = array("d")
-            svc.waits.append(wait)
+                svc.waits = wait
+            elif isinstance(svc.waits, float):
+                svc.waits = array("d", (svc.waits, wait))
+            else:
+                svc.waits.append(wait)
             if wait >= self.options.slow_after:
                 if svc.slowest is None:
                     svc.slowest = _Examples()
@@ -312,7 +346,7 @@ class Aggregator:
         # Only the client's TIME_WAIT ties up one of its ephemeral ports: a
         # server's TIME_WAIT costs the client nothing when it connects.
         if client_start is not None:
-            self.tw_by_triple[(c.client.ip, c.server.ip, c.server.port)].append(client_start)
+            _push(self.tw_by_triple, (c.client.ip, c.server.ip, c.server.port), client_start)
 
     def summary(self) -> dict[str, Any]:
         total = self.total
@@ -359,8 +393,8 @@ class Aggregator:
             by_host.append({"host": ip, "connections": len(starts), "peak": peak, "peak_ts": when})
         by_host.sort(key=lambda d: (-d["peak"], -d["connections"], d["host"]))
         triples: list[dict[str, Any]] = []
-        for (cip, sip, sport), starts in self.tw_by_triple.items():
-            peak, when = peak_overlap(starts, window)
+        for (cip, sip, sport), held in self.tw_by_triple.items():
+            peak, when = peak_overlap(_floats(held), window)
             triples.append(
                 {
                     "client_ip": cip,
@@ -391,9 +425,9 @@ class Aggregator:
         o = self.options
         stuck: list[dict[str, Any]] = []
         spread: list[dict[str, Any]] = []
-        for name, svc in self.services.items():
-            who = {"service": name, "role": svc.role, "ip": svc.ip, "port": svc.port}
-            who["peer"] = svc.peer
+        for key, svc in self.services.items():
+            name, role, ip, port, peer = _service_names(key)
+            who = {"service": name, "role": role, "ip": ip, "port": port, "peer": peer}
             if svc.stuck and svc.stuck_examples is not None:
                 stuck.append(
                     who
@@ -404,8 +438,8 @@ class Aggregator:
                         "streams": svc.stuck_examples.as_dict(),
                     }
                 )
-            if svc.waits:
-                w = sorted(svc.waits)
+            if svc.waits is not None:
+                w = sorted(_floats(svc.waits))
                 spread.append(
                     who
                     | {

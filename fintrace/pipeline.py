@@ -129,10 +129,22 @@ class CaptureInfo:
         }
 
 
+#: Address strings already made, so that connections (and the aggregates
+#: keyed by their addresses) share one string per address. Cleared when full:
+#: a capture of countless addresses costs no more than without it.
+_IP_TEXT: dict[bytes, str] = {}
+_IP_TEXT_MAX = 1 << 16
+
+
 def ip_text(raw: bytes) -> str:
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw)
-    return socket.inet_ntop(socket.AF_INET6, raw)
+    """The address as text; one shared string per address."""
+    text = _IP_TEXT.get(raw)
+    if text is None:
+        if len(_IP_TEXT) >= _IP_TEXT_MAX:
+            _IP_TEXT.clear()
+        af = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+        text = _IP_TEXT[raw] = socket.inet_ntop(af, raw)
+    return text
 
 
 def endpoint(half: Half) -> Endpoint:
