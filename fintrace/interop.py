@@ -267,8 +267,67 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
     return True
 
 
+def _first_of(conn: Tracker, h: Half) -> int:
+    """Frame of the side's first recorded state change (0: none)."""
+    for half, _state, frame, _ts in conn.transitions:
+        if half is h:
+            return frame
+    return 0
+
+
+def _common_conn_state(conn: Tracker) -> str | None:
+    """``conn_state`` of the four most common shapes, without the replay.
+
+    Each shape starts with a plain SYN from the first packet's sender that
+    the other side answers first with its SYN+ACK (or, refused, its RST) and
+    holds no other RST; the replay moves the endpoints as follows, and
+    ``tests/test_interop.py`` checks this shortcut against it on every
+    capture:
+
+    * both sent a FIN: each side is CLOSED, whatever the order: ``SF``;
+    * neither sent a FIN: both ESTABLISHED: ``S1``;
+    * the responder's first and only flag was the RST: it is RESET, the
+      originator still SYN_SENT: ``REJ``;
+    * the responder sent nothing, the originator only SYNs: ``S0``.
+
+    Anything else (None) is replayed.
+    """
+    a, b = conn.a, conn.b
+    if a.syn_frame != conn.first_frame or a.synack_frame or b.syn_frame:
+        return None
+    seen = (a.flags_seen | b.flags_seen) & ~COUNT_ONLY
+    if not b.packets:
+        return "S0" if a.flags_seen & ~COUNT_ONLY == SYN else None
+    rst = conn.rst_from
+    if rst is None:
+        if seen & RST or not b.synack_frame or _first_of(conn, b) != b.synack_frame:
+            return None
+        if a.fin_frame and b.fin_frame:
+            return "SF"
+        if not seen & FIN:
+            return "S1"
+        return None
+    if (
+        rst is b
+        and not b.synack_frame
+        and not seen & FIN
+        and not a.flags_seen & RST
+        and _first_of(conn, b) == conn.rst_frame
+    ):
+        return "REJ"
+    return None
+
+
 def zeek_conn_state(conn: Tracker) -> str:
     """Zeek's ``conn_state`` for the connection (``conn_state()`` in main.zeek)."""
+    common = _common_conn_state(conn)
+    if common is not None:
+        return common
+    return replayed_conn_state(conn)
+
+
+def replayed_conn_state(conn: Tracker) -> str:
+    """:func:`zeek_conn_state` by replaying Zeek's endpoint machine, whatever the shape."""
     orig, resp = _replay(conn, _events(conn))
     os_, rs = orig.state, resp.state
     o_inactive = os_ in (Zeek.INACTIVE, Zeek.PARTIAL)

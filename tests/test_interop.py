@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,6 +20,8 @@ from make_zeek import CAPTURES as ZEEK_CAPTURES
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from fintrace.tracker import Tracker
 
 
 def _raw(ip: str) -> bytes:
@@ -177,3 +180,36 @@ def test_a_fin_after_the_originators_rst_keeps_rstos0(tmp_path: Path) -> None:
     write_pcap(str(path), f.packets)
     run = analyze(AnalyzeOptions(paths=(str(path),)))
     assert [c.zeek_conn_state for c in run.connections()] == ["RSTOS0"]
+
+
+def _trackers(path: Path) -> list[Tracker]:
+    """Every tracker of a capture, straight from the flow table."""
+    from collections import Counter
+
+    from fintrace.decode import DecodeStats, segments
+    from fintrace.flowtable import FlowTable
+    from fintrace.reader import CaptureFile
+    from fintrace.reassembly import Reassembler
+
+    skipped: Counter[str] = Counter()
+    table = FlowTable(linger=float("inf"))
+    with CaptureFile(path) as cap:
+        segs = segments(cap.records(), DecodeStats(skipped), Reassembler(skipped))
+        out = list(table.consume(segs))
+    return out + table.finish()
+
+
+def test_the_common_shapes_shortcut_agrees_with_the_replay() -> None:
+    from fintrace.interop import _common_conn_state, replayed_conn_state
+
+    from conftest import capture_files, corpus_files
+
+    shortcut: Counter[str] = Counter()
+    for path in capture_files() + corpus_files():
+        for conn in _trackers(path):
+            common = _common_conn_state(conn)
+            if common is not None:
+                shortcut[common] += 1
+                assert common == replayed_conn_state(conn), (path.name, conn.stream)
+    # The captures hold every shape the shortcut knows, so each is compared.
+    assert set(shortcut) == {"SF", "S1", "REJ", "S0"}, shortcut

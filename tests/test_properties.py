@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from fintrace.classify import classify, roles
 from fintrace.decode import ACK, FIN, PSH, RST, SYN, Segment
 from fintrace.flowtable import FlowTable, reverse_key
+from fintrace.interop import replayed_conn_state, zeek_conn_state
 from fintrace.model import CloseType, ResetPhase, State
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
@@ -246,6 +247,8 @@ def test_segments_never_raise_and_classify_is_pure(conv_args: Any) -> None:
         again = classify(t, end_ts=conv[-1][0], stuck_after=60.0, r=roles(t))
         assert first == again
         assert first.close_type in CloseType
+        # The shortcut for common shapes must say what the replay says.
+        assert zeek_conn_state(t) == replayed_conn_state(t)
 
 
 # -- through the whole pipeline -----------------------------------------------------------
