@@ -145,15 +145,23 @@ def _floats(v: _Floats) -> list[float] | array[float]:
 
 @dataclass(slots=True)
 class _Service:
-    """CLOSE_WAIT figures of one service; its name and address are its key."""
+    """CLOSE_WAIT figures of one service; its name and address are its key.
+
+    The waits of its completed closes are in ``Aggregator.waits`` instead: a
+    capture can hold a service per client address, most with one wait.
+    """
 
     stuck: int = 0
     open: int = 0
     oldest_s: float = 0.0
-    # Made when first needed: a capture can hold a service per client address.
+    # Made when first needed.
     stuck_examples: _Examples | None = None
-    waits: _Floats | None = None
-    slowest: _Examples | None = None
+
+
+def _who(key: _ServiceKey) -> dict[str, Any]:
+    """The ``service``, ``role``, ``ip``, ``port`` and ``peer`` of a summary item."""
+    name, role, ip, port, peer = _service_names(key)
+    return {"service": name, "role": role, "ip": ip, "port": port, "peer": peer}
 
 
 def _service_names(key: _ServiceKey) -> tuple[str, str, str, int | None, str | None]:
@@ -233,7 +241,12 @@ class Aggregator:
         self.tw_holders: Counter[str] = Counter()
         self.tw_by_host: defaultdict[str, array[float]] = defaultdict(lambda: array("d"))
         self.tw_by_triple: dict[tuple[str, str, int], _Floats] = {}
+        #: CLOSE_WAIT connections by passive service.
         self.services: dict[_ServiceKey, _Service] = {}
+        #: How long each completed close stayed in CLOSE_WAIT, by passive
+        #: service; the slow ones' examples.
+        self.waits: dict[_ServiceKey, _Floats] = {}
+        self.slowest: dict[_ServiceKey, _Examples] = {}
         self.fin_wait_2: Counter[str] = Counter()
         self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
         self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -303,10 +316,10 @@ class Aggregator:
     def _close_wait(self, c: Connection, wait: float) -> None:
         passive = Role.SERVER if c.active_closer is Role.CLIENT else Role.CLIENT
         key = _service_key(c, passive)
-        svc = self.services.get(key)
-        if svc is None:
-            svc = self.services[key] = _Service()
         if c.close_type is CloseType.CLOSE_WAIT:
+            svc = self.services.get(key)
+            if svc is None:
+                svc = self.services[key] = _Service()
             closer = c.client if c.active_closer is Role.CLIENT else c.server
             self.fin_wait_2[closer.ip] += 1
             if wait >= self.options.stuck_after:
@@ -324,16 +337,12 @@ class Aggregator:
             else:
                 svc.open += 1
         elif c.close_type in _COMPLETED:
-            if svc.waits is None:
-                svc.waits = wait
-            elif isinstance(svc.waits, float):
-                svc.waits = array("d", (svc.waits, wait))
-            else:
-                svc.waits.append(wait)
+            _push(self.waits, key, wait)
             if wait >= self.options.slow_after:
-                if svc.slowest is None:
-                    svc.slowest = _Examples()
-                svc.slowest.add(c.capture, c.stream, wait)
+                slowest = self.slowest.get(key)
+                if slowest is None:
+                    slowest = self.slowest[key] = _Examples()
+                slowest.add(c.capture, c.stream, wait)
 
     def _time_wait(self, c: Connection) -> None:
         client_start: float | None = None
@@ -426,11 +435,9 @@ class Aggregator:
         stuck: list[dict[str, Any]] = []
         spread: list[dict[str, Any]] = []
         for key, svc in self.services.items():
-            name, role, ip, port, peer = _service_names(key)
-            who = {"service": name, "role": role, "ip": ip, "port": port, "peer": peer}
             if svc.stuck and svc.stuck_examples is not None:
                 stuck.append(
-                    who
+                    _who(key)
                     | {
                         "count": svc.stuck,
                         "open": svc.open,
@@ -438,19 +445,20 @@ class Aggregator:
                         "streams": svc.stuck_examples.as_dict(),
                     }
                 )
-            if svc.waits is not None:
-                w = sorted(_floats(svc.waits))
-                spread.append(
-                    who
-                    | {
-                        "count": len(w),
-                        "p50_s": percentile(w, 50),
-                        "p95_s": percentile(w, 95),
-                        "max_s": w[-1],
-                        "slow": 0 if svc.slowest is None else svc.slowest.total,
-                        "slow_streams": {} if svc.slowest is None else svc.slowest.as_dict(),
-                    }
-                )
+        for key, held in self.waits.items():
+            w = sorted(_floats(held))
+            slowest = self.slowest.get(key)
+            spread.append(
+                _who(key)
+                | {
+                    "count": len(w),
+                    "p50_s": percentile(w, 50),
+                    "p95_s": percentile(w, 95),
+                    "max_s": w[-1],
+                    "slow": 0 if slowest is None else slowest.total,
+                    "slow_streams": {} if slowest is None else slowest.as_dict(),
+                }
+            )
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
         spread.sort(key=lambda d: (-d["p95_s"], -d["max_s"], d["service"]))
         waits: list[dict[str, Any]] = [

@@ -310,7 +310,7 @@ class FlowTable:
 
     def _thaw(self, f: Frozen, key: bytes) -> Half:
         del self._frozen[f]
-        conn = thaw(f.blob)
+        conn = thaw(f.blob, f.key_a, f.key_b)
         self.table[f.key_a] = conn.a
         self.table[f.key_b] = conn.b
         self.live[conn] = None
@@ -373,4 +373,4 @@ class FlowTable:
         self.table.clear()
         rest.sort(key=lambda r: (r[0], r[1]))
         for _, _, c in rest:
-            yield thaw(c.blob) if isinstance(c, Frozen) else c
+            yield thaw(c.blob, c.key_a, c.key_b) if isinstance(c, Frozen) else c

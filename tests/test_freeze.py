@@ -68,9 +68,9 @@ def test_idle_connections_of_the_incident_are_frozen_with_the_default(
     thawed: list[int] = []
     real_thaw = flowtable.thaw
 
-    def counting_thaw(blob: bytes) -> Tracker:
+    def counting_thaw(blob: bytes, key_a: bytes, key_b: bytes) -> Tracker:
         thawed.append(len(blob))
-        return real_thaw(blob)
+        return real_thaw(blob, key_a, key_b)
 
     monkeypatch.setattr(flowtable, "thaw", counting_thaw)
     conns, _ = output(CAPTURES / "incident" / "incident.pcap.gz")
@@ -81,7 +81,7 @@ def test_idle_connections_of_the_incident_are_frozen_with_the_default(
 def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
     assert analyze_trackers
     for conn in analyze_trackers:
-        copy = thaw(freeze(conn))
+        copy = thaw(freeze(conn), conn.a.key, conn.b.key)
         assert state(copy) == state(conn)
         assert copy.a.peer is copy.b and copy.b.conn is copy
         for h, _, _, _ in copy.transitions:
@@ -94,7 +94,7 @@ def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
     conns = analyze_trackers
     tracemalloc.start()
     try:
-        copies = [thaw(freeze(c)) for c in conns]
+        copies = [thaw(freeze(c), c.a.key, c.b.key) for c in conns]
         objects = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
