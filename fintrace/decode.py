@@ -634,12 +634,13 @@ def segments(
                             vihl == 0x45
                             and proto == 6
                             and not frag & 0x3FFF
-                            and not flags & SYN
                             and offb >= 0x50
                             and 40 <= total <= origlen - 14
                         ):
-                            plen = total - 20 - ((offb >> 4) << 2)
-                            if plen >= 0:
+                            hlen = (offb >> 4) << 2
+                            plen = total - 20 - hlen
+                            # A SYN's options (window scale) must all be captured.
+                            if plen >= 0 and (not flags & SYN or 34 + hlen <= caplen):
                                 yield (
                                     frame,
                                     ts,
@@ -649,7 +650,9 @@ def segments(
                                     flags,
                                     plen,
                                     win,
-                                    -1,
+                                    window_scale(buf[off + 54 : off + 34 + hlen])
+                                    if flags & SYN
+                                    else -1,
                                 )
                                 continue
                         ver = 0
@@ -690,34 +693,44 @@ def segments(
                 hdr = ip - off
                 vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
                 # TCP right after a 20-byte header, not a fragment, lengths that
-                # add up inside the frame, no SYN (its options are read below).
+                # add up inside the frame, a SYN's options all captured.
                 if (
                     vihl == 0x45
                     and proto == 6
                     and not frag & 0x3FFF
-                    and not flags & SYN
                     and offb >= 0x50
                     and 40 <= total <= origlen - hdr
                 ):
-                    plen = total - 20 - ((offb >> 4) << 2)
+                    hlen = (offb >> 4) << 2
+                    plen = total - 20 - hlen
                     if plen >= 0:
-                        yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
-                        continue
+                        if not flags & SYN:
+                            yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
+                            continue
+                        if hdr + 20 + hlen <= caplen:
+                            ws = window_scale(buf[ip + 40 : ip + 20 + hlen])
+                            yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, ws
+                            continue
             elif ver == 6:
                 hdr = ip - off
                 plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
                 if (
                     nh == 6
                     and buf[ip] >> 4 == 6
-                    and not flags & SYN
                     and offb >= 0x50
                     and plen
                     and plen + 40 <= origlen - hdr
                 ):
-                    plen -= (offb >> 4) << 2
+                    hlen = (offb >> 4) << 2
+                    plen -= hlen
                     if plen >= 0:
-                        yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
-                        continue
+                        if not flags & SYN:
+                            yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
+                            continue
+                        if hdr + 40 + hlen <= caplen:
+                            ws = window_scale(buf[ip + 60 : ip + 40 + hlen])
+                            yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, ws
+                            continue
             # General path.
             d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
             if type(d) is Decoded:
