@@ -36,7 +36,6 @@ from fintrace.model import (
     SideFrames,
     SideStates,
     SkipReason,
-    State,
     Transition,
 )
 from fintrace.reader import CaptureFile, first_timestamp
@@ -50,10 +49,6 @@ ONE_SIDED = str(Anomaly.ONE_SIDED)
 CLIENT = Role.CLIENT
 SERVER = Role.SERVER
 _tuple_new = tuple.__new__
-
-
-def new_transition(values: tuple[Role, State, int, float]) -> Transition:
-    return _tuple_new(Transition, values)
 
 
 #: ``progress(bytes_done, bytes_total)``
@@ -324,7 +319,7 @@ class Run:
             )
         transitions = tuple(
             [
-                new_transition((CLIENT if h is client else SERVER, state, frame, ts))
+                _tuple_new(Transition, (CLIENT if h is client else SERVER, state, frame, ts))
                 for h, state, frame, ts in conn.transitions
             ]
         )
