@@ -511,3 +511,93 @@ class Aggregator:
                 "by_host": lost_by_host,
             },
         }
+
+    def merge(self, other: Aggregator) -> None:
+        """Add up ``other``'s connections as if they had come after this one's.
+
+        ``analyze --separate --jobs N`` adds up each file in its own process
+        and merges the aggregators in file order: the summary is then exactly
+        the one of a single aggregator that saw every connection in that order
+        (counters keep their first-seen order, which ``most_common`` ties
+        follow; examples rank as the sequence numbers of one run would).
+        Every field of :meth:`__init__` must be merged here:
+        ``tests/test_jobs.py`` compares the summaries on every capture.
+        """
+        self.total += other.total
+        self.first_ts = min(self.first_ts, other.first_ts)
+        self.last_ts = max(self.last_ts, other.last_ts)
+        self.close_types.update(other.close_types)
+        self.active.update(other.active)
+        self.anomalies.update(other.anomalies)
+        self.tw_holders.update(other.tw_holders)
+        for ip, starts in other.tw_by_host.items():
+            self.tw_by_host[ip].extend(starts)
+        for triple, held in other.tw_by_triple.items():
+            for start in _floats(held):
+                _push(self.tw_by_triple, triple, start)
+        self._merge_examples(self.reused, other.reused)
+        self.reused_failed += other.reused_failed
+        self.reuse_gaps.extend(other.reuse_gaps)
+        for role, phases in other.resets.items():
+            self.resets[role].update(phases)
+        self._merge_examples(self.reset_examples, other.reset_examples)
+        for ip, r in other.resetters.items():
+            mine = self.resetters.get(ip)
+            if mine is None:
+                mine = self.resetters[ip] = _Resetter(r.role)
+            elif mine.role != r.role:
+                mine.role = "both"
+            mine.phases.update(r.phases)
+            self._merge_examples(mine.examples, r.examples)
+            mine.lost_count += r.lost_count
+            mine.lost_bytes += r.lost_bytes
+        self._merge_examples(self.lost, other.lost)
+        self.lost_bytes += other.lost_bytes
+        for service, attempts in other.attempts.items():
+            self._merge_examples(self.attempts[service], attempts)
+        self._merge_examples(self.unacked_fin, other.unacked_fin)
+        self._merge_close_wait(other)
+
+    def _merge_close_wait(self, other: Aggregator) -> None:
+        for key, svc in other.services.items():
+            mine = self.services.get(key)
+            if mine is None:
+                mine = self.services[key] = _Service()
+            mine.stuck += svc.stuck
+            mine.open += svc.open
+            mine.oldest_s = max(mine.oldest_s, svc.oldest_s)
+            if svc.stuck_examples is not None:
+                if mine.stuck_examples is None:
+                    mine.stuck_examples = _Examples()
+                self._merge_examples(mine.stuck_examples, svc.stuck_examples)
+        for key, held in other.waits.items():
+            for wait in _floats(held):
+                _push(self.waits, key, wait)
+        for key, slow in other.slowest.items():
+            slowest = self.slowest.get(key)
+            if slowest is None:
+                slowest = self.slowest[key] = _Examples()
+            self._merge_examples(slowest, slow)
+        self.fin_wait_2.update(other.fin_wait_2)
+        for ip, w in other.waiters.items():
+            waiter = self.waiters[ip]
+            waiter.count += w.count
+            waiter.longest_s = max(waiter.longest_s, w.longest_s)
+            waiter.peers.update(w.peers)
+            self._merge_examples(waiter.examples, w.examples)
+
+    @staticmethod
+    def _merge_examples(mine: _Examples, other: _Examples) -> None:
+        """``other``'s examples ranked as if added after ``mine``'s.
+
+        An example's rank breaks score ties by its sequence number: ``other``'s
+        follow ``mine``'s, so they are shifted by how many ``mine`` has seen.
+        The best of both kept sets are the best of all: each kept its best.
+        """
+        shift = mine._n
+        items = mine._heap + [(s, n - shift, cap, stream) for s, n, cap, stream in other._heap]
+        heap = heapq.nlargest(MAX_EXAMPLES, items)
+        heapq.heapify(heap)
+        mine._heap = heap
+        mine._n += other._n
+        mine.total += other.total

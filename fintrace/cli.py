@@ -21,7 +21,7 @@ from fintrace import __version__
 from fintrace.errors import FintraceError
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
-from fintrace.pipeline import AnalyzeOptions, Run, analyze
+from fintrace.pipeline import AnalyzeOptions, ParallelRun, Run, analyze
 from fintrace.render import FORMATS, Renderer
 
 if TYPE_CHECKING:
@@ -200,6 +200,33 @@ def render(run: Run, renderer: Renderer, keep: Callable[[Connection], bool], bar
         for conn in run.connections():
             if keep(conn):
                 renderer.connection(conn)
+    renderer.end(run)
+
+
+def render_parts(
+    run: ParallelRun,
+    renderer: Renderer,
+    out: TextIO,
+    *,
+    fmt: str,
+    keep: Callable[[Connection], bool],
+    limit: int | None,
+    bar: Progress,
+) -> None:
+    """:func:`render` for a parallel run: each file's worker renders its connections.
+
+    The parent writes the head, then each file's part as soon as that file
+    is done, in file order, then the tail: the output is the same as
+    :func:`render` gives, and no file's connections are held here.
+    """
+    from fintrace.render.parts import PartWriter, Splicer
+
+    splicer = Splicer(renderer, out)
+    with bar:
+        renderer.begin(run)
+        with contextlib.closing(run.parts(PartWriter(fmt, keep, limit))) as parts:
+            for part in parts:
+                splicer.add(part.path, part.value)
     renderer.end(run)
 
 
@@ -479,7 +506,10 @@ def analyze_cmd(
             if fmt is None:
                 fmt = "table" if out.isatty() else "jsonl"
             renderer = make_renderer(fmt, out, limit=limit or None, color=color)
-            render(run, renderer, keep, bar)
+            if isinstance(run, ParallelRun):
+                render_parts(run, renderer, out, fmt=fmt, keep=keep, limit=limit or None, bar=bar)
+            else:
+                render(run, renderer, keep, bar)
         warn(run)
     sys.exit(ExitCode.OK)
 

@@ -9,13 +9,20 @@ can be written while the capture is still being read; afterwards
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
 import socket
-from collections import Counter
-from collections.abc import Callable, Iterator
+import tempfile
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
@@ -43,6 +50,8 @@ from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
     from fintrace.tracker import Half, Tracker
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = "1.0"
 ONE_SIDED = str(Anomaly.ONE_SIDED)
@@ -388,16 +397,33 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None, *, jobs: 
     return Run(options, progress)
 
 
-def _analyze_one(args: tuple[AnalyzeOptions, str]) -> tuple[list[Connection], CaptureInfo]:
-    """Worker of :class:`ParallelRun`: one file, start to end, in its own process."""
-    options, path = args
-    run = Run(replace(options, paths=(path,)))
-    conns = list(run.connections())
-    return conns, run.captures[0]
+#: ``render_part(connections, path)``, called in a worker process with one
+#: file's connections: writes what the output shows of them to the new file
+#: ``path`` (or nothing) and returns what else the parent needs of them,
+#: small and picklable. It reaches the worker by fork, not pickled.
+RenderPart = Callable[[Iterator[Connection], str], T]
+
+
+@dataclass(frozen=True, slots=True)
+class Part(Generic[T]):
+    """One file of a :class:`ParallelRun`, as its worker process left it."""
+
+    #: The file ``render_part`` wrote, if it wrote one; removed once the
+    #: next part is asked for.
+    path: str
+    #: What ``render_part`` returned.
+    value: T
+    capture: CaptureInfo
 
 
 class ParallelRun(Run):
-    """Files analysed in parallel processes; connections come file by file, in order."""
+    """Files analysed in parallel processes, each on its own (``--separate``).
+
+    Each worker process analyses one file, start to end, as a one-file
+    :class:`Run`, and renders its connections itself (:meth:`parts`): only
+    what the output shows of them, the file's :class:`CaptureInfo` and its
+    aggregates come back, and the parent merges the aggregates in file order.
+    """
 
     def __init__(self, options: AnalyzeOptions, progress: Progress | None, *, jobs: int) -> None:
         super().__init__(options, progress)
@@ -405,25 +431,210 @@ class ParallelRun(Run):
         for f in self._files:
             f.close()
 
-    def connections(self) -> Iterator[Connection]:
-        work = [(self.options, f.path) for f in self._files]
+    def parts(self, render_part: RenderPart[T]) -> Generator[Part[T], None, None]:
+        """Each file's part, in file order, as soon as that file is done.
+
+        Files are analysed ``jobs`` at a time, each in a new process (its
+        memory is that of a one-file run), started in file order. Parts are
+        written to a temporary directory that is removed, and the workers
+        stopped, when the iterator ends or is closed: close it
+        (``contextlib.closing``). :attr:`captures` and the summary grow file by
+        file. A file that cannot be analysed raises :class:`FintraceError` at
+        its turn, after the parts of the files before it.
+        """
         total = self.total_bytes
         done = 0
-        ctx = multiprocessing.get_context("fork")
         gc_was_enabled = gc.isenabled()
-        gc.disable()  # unpickling a file's connections would trigger it thousands of times
-        with ctx.Pool(min(self.jobs, len(work))) as pool:
-            for (conns, info), f in zip(pool.imap(_analyze_one, work), self._files, strict=True):
-                self.captures.append(info)
-                add = self.aggregator.add
-                for c in conns:
-                    add(c)
-                    yield c
-                done += f.size
-                if self._progress is not None:
-                    self._progress(done, total)
-        if gc_was_enabled:
-            gc.enable()
+        # Unpickling a file's aggregates would trigger the collector thousands of times.
+        gc.disable()
+        try:
+            with tempfile.TemporaryDirectory(prefix="fintrace-") as tmp, _Workers(self.jobs) as w:
+                tasks = [
+                    _Task(self.options, f.path, os.path.join(tmp, str(i)), render_part)
+                    for i, f in enumerate(self._files)
+                ]
+                for i, f in enumerate(self._files):
+                    task = tasks[i]
+                    value, info, state = _result(task, w.finish(i, tasks))
+                    self.captures.append(info)
+                    self.aggregator.merge(_aggregator(state))
+                    if info.last_ts is not None:
+                        self.end_ts = max(self.end_ts, info.last_ts)
+                    done += f.size
+                    if self._progress is not None:
+                        self._progress(done, total)
+                    try:
+                        yield Part(task.part_path, value, info)
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(task.part_path)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def connections(self) -> Iterator[Connection]:
+        """The connections of every file, in file order, through the workers' part files."""
+        with contextlib.closing(self.parts(_pickle_connections)) as parts:
+            for part in parts:
+                with open(part.path, "rb") as f:
+                    while True:
+                        try:
+                            batch: list[Connection] = pickle.load(f)
+                        except EOFError:
+                            break
+                        yield from batch
+
+
+@dataclass(frozen=True, slots=True)
+class _Task(Generic[T]):
+    """One file for a worker; the worker inherits it (fork): nothing is pickled."""
+
+    options: AnalyzeOptions
+    capture_path: str
+    #: The worker writes ``<prefix>.part`` (render_part's) and ``<prefix>.result``.
+    prefix: str
+    render_part: RenderPart[T]
+
+    @property
+    def part_path(self) -> str:
+        return self.prefix + ".part"
+
+    @property
+    def result_path(self) -> str:
+        return self.prefix + ".result"
+
+
+class _Workers:
+    """At most ``jobs`` worker processes at once, one per file, started in file order."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._ctx = multiprocessing.get_context("fork")
+        self._running: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._exitcodes: dict[int, int] = {}
+        self._started = 0
+
+    def finish(self, index: int, tasks: list[_Task[T]]) -> int:
+        """Wait for the worker of ``tasks[index]`` (keeping ``jobs`` running); its exit code."""
+        while index not in self._exitcodes:
+            while self._started < len(tasks) and len(self._running) < self.jobs:
+                self._start(self._started, tasks[self._started])
+                self._started += 1
+            multiprocessing.connection.wait([p.sentinel for p in self._running.values()])
+            for i, p in list(self._running.items()):
+                if p.exitcode is not None:
+                    p.join()
+                    self._exitcodes[i] = p.exitcode
+                    del self._running[i]
+        return self._exitcodes.pop(index)
+
+    def _start(self, index: int, task: _Task[T]) -> None:
+        p = self._ctx.Process(target=_work, args=(task,), daemon=True)
+        # Ctrl-C stays blocked until the worker ignores it: the parent stops the workers.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._running[index] = p
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self._running.values():
+            p.terminate()
+        for p in self._running.values():
+            p.join()
+        self._running.clear()
+
+
+def _work(task: _Task[Any]) -> None:
+    """A worker process: analyse one file, leave what the parent needs in files."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    result: tuple[str, Any]
+    try:
+        result = ("ok", _analyze_one(task))
+    except FintraceError as exc:
+        # Only the message crosses back: a subclass's arguments may not rebuild it.
+        result = ("error", str(exc))
+    except OSError as exc:
+        # The reader turns its own errors into FintraceError: this is the part file.
+        result = (
+            "error",
+            f"{task.part_path}: cannot write the output of {task.capture_path} "
+            f"({exc.strerror or exc})",
+        )
+    except Exception:  # a bug: the parent raises it with this traceback
+        result = ("crash", traceback.format_exc())
+    with open(task.result_path + ".tmp", "wb") as f:
+        pickle.dump(result, f, pickle.HIGHEST_PROTOCOL)
+    os.replace(task.result_path + ".tmp", task.result_path)
+
+
+def _analyze_one(task: _Task[T]) -> tuple[T, CaptureInfo, dict[str, Any]]:
+    run = Run(replace(task.options, paths=(task.capture_path,)))
+    conns = run.connections()
+    value = task.render_part(conns, task.part_path)
+    for _ in conns:  # whatever render_part left: the aggregates need every connection
+        pass
+    return value, run.captures[0], _aggregator_state(run.aggregator)
+
+
+def _result(task: _Task[T], exitcode: int) -> tuple[T, CaptureInfo, dict[str, Any]]:
+    """What ``task``'s worker left, or the error it met."""
+    try:
+        with open(task.result_path, "rb") as f:
+            kind, value = pickle.load(f)
+    except FileNotFoundError:
+        if exitcode == -signal.SIGKILL:
+            how = "was killed (out of memory?)"
+        elif exitcode < 0:
+            how = f"was killed by signal {-exitcode}"
+        else:
+            how = f"ended without a result (exit status {exitcode})"
+        raise FintraceError(f"{task.capture_path}: the process analysing it {how}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(task.result_path)
+    if kind == "error":
+        raise FintraceError(value)
+    if kind == "crash":
+        raise RuntimeError(f"analysing {task.capture_path} failed in a worker process:\n{value}")
+    return value  # type: ignore[no-any-return]
+
+
+def _aggregator_state(agg: Aggregator) -> dict[str, Any]:
+    """The aggregator's fields, picklable: a defaultdict's factory may be a lambda."""
+    return {k: dict(v) if isinstance(v, defaultdict) else v for k, v in vars(agg).items()}
+
+
+def _aggregator(state: dict[str, Any]) -> Aggregator:
+    """The aggregator :func:`_aggregator_state` describes."""
+    agg = Aggregator(state["options"])
+    for name, value in state.items():
+        mine = getattr(agg, name)
+        if isinstance(mine, defaultdict):
+            mine.update(value)
+        else:
+            setattr(agg, name, value)
+    return agg
+
+
+#: Connections per pickle in :func:`_pickle_connections`: one memo per batch.
+_BATCH = 1024
+
+
+def _pickle_connections(conns: Iterator[Connection], path: str) -> None:
+    with open(path, "wb") as f:
+        batch: list[Connection] = []
+        for c in conns:
+            batch.append(c)
+            if len(batch) == _BATCH:
+                pickle.dump(batch, f, pickle.HIGHEST_PROTOCOL)
+                batch = []
+        pickle.dump(batch, f, pickle.HIGHEST_PROTOCOL)
 
 
 def skipped_loss(skipped: dict[str, int]) -> int:

@@ -82,30 +82,62 @@ def share(n: int, total: int) -> str:
     return f"{n / total * 100:.1f}%" if total else "-"
 
 
+def _row_key(conn: Connection) -> tuple[str, int]:
+    return conn.capture, conn.stream
+
+
+class Rows:
+    """The connections the table lists: the first ``limit`` by (capture, stream).
+
+    Keeps the lowest streams, not the first to finish: the list reads in
+    stream order, from 0. Trimming now and then bounds the memory. Equal
+    keys (a file given twice) keep the order they came in.
+    """
+
+    __slots__ = ("kept", "limit", "total")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.kept: list[Connection] = []
+        #: Connections offered, listed or not.
+        self.total = 0
+
+    def add(self, conn: Connection) -> None:
+        self.total += 1
+        self.kept.append(conn)
+        if self.limit is not None and len(self.kept) >= 2 * self.limit:
+            self._trim()
+
+    def extend(self, other: Rows) -> None:
+        """Add ``other``'s rows (another file's, from a worker) as if they came after these."""
+        listed = other.listed()
+        for conn in listed:
+            self.add(conn)
+        self.total += other.total - len(listed)
+
+    def listed(self) -> list[Connection]:
+        """The rows to list, in order."""
+        self._trim()
+        return sorted(self.kept, key=_row_key)
+
+    def _trim(self) -> None:
+        if self.limit is not None:
+            self.kept.sort(key=_row_key)
+            del self.kept[self.limit :]
+
+
 class TableRenderer:
     """Rich tables on a console; connections are kept (up to ``limit``) to sort them."""
 
     def __init__(self, console: Console, *, limit: int | None = 200) -> None:
         self.console = console
-        self.limit = limit
-        self.rows: list[Connection] = []
-        self.total = 0
+        self.rows = Rows(limit)
 
     def begin(self, run: Run) -> None:
         pass
 
     def connection(self, conn: Connection) -> None:
-        self.total += 1
-        self.rows.append(conn)
-        # Keep the lowest streams, not the first to finish: the list reads in
-        # stream order, from 0. Trimming now and then bounds the memory.
-        if self.limit is not None and len(self.rows) >= 2 * self.limit:
-            self._trim()
-
-    def _trim(self) -> None:
-        if self.limit is not None:
-            self.rows.sort(key=lambda r: (r.capture, r.stream))
-            del self.rows[self.limit :]
+        self.rows.add(conn)
 
     def end(self, run: Run) -> None:
         summary = run.summary()
@@ -218,10 +250,9 @@ class TableRenderer:
         self.console.print()
 
     def _connections(self) -> None:
-        if not self.rows:
+        rows = self.rows.listed()
+        if not rows:
             return
-        self._trim()
-        rows = sorted(self.rows, key=lambda r: (r.capture, r.stream))
         multi = len({r.capture for r in rows}) > 1
         # Below 120 columns the per-side details give way to the notes.
         wide = self.console.width >= 120
@@ -272,8 +303,8 @@ class TableRenderer:
                 cells.insert(0, r.capture)
             t.add_row(*cells)
         self.console.print(t)
-        if self.total > len(rows):
+        if self.rows.total > len(rows):
             self.console.print(
-                f"{self.total - len(rows)} more connections not shown "
+                f"{self.rows.total - len(rows)} more connections not shown "
                 "(use --limit, the filters, or --format jsonl)."
             )
