@@ -428,14 +428,13 @@ class ParallelRun(Run):
     def __init__(self, options: AnalyzeOptions, progress: Progress | None, *, jobs: int) -> None:
         super().__init__(options, progress)
         self.jobs = jobs
-        for f in self._files:
-            f.close()
 
     def parts(self, render_part: RenderPart[T]) -> Generator[Part[T], None, None]:
         """Each file's part, in file order, as soon as that file is done.
 
         Files are analysed ``jobs`` at a time, each in a new process (its
-        memory is that of a one-file run), started in file order. Parts are
+        memory is that of a one-file run), started in file order; a worker
+        reads the file as the parent opened it (a pipe is read once). Parts are
         written to a temporary directory that is removed, and the workers
         stopped, when the iterator ends or is closed: close it
         (``contextlib.closing``). :attr:`captures` and the summary grow file by
@@ -450,7 +449,7 @@ class ParallelRun(Run):
         try:
             with tempfile.TemporaryDirectory(prefix="fintrace-") as tmp, _Workers(self.jobs) as w:
                 tasks = [
-                    _Task(self.options, f.path, os.path.join(tmp, str(i)), render_part)
+                    _Task(self.options, f, os.path.join(tmp, str(i)), render_part)
                     for i, f in enumerate(self._files)
                 ]
                 for i, f in enumerate(self._files):
@@ -469,6 +468,8 @@ class ParallelRun(Run):
                         with contextlib.suppress(FileNotFoundError):
                             os.remove(task.part_path)
         finally:
+            for f in self._files:
+                f.close()
             if gc_was_enabled:
                 gc.enable()
 
@@ -490,10 +491,15 @@ class _Task(Generic[T]):
     """One file for a worker; the worker inherits it (fork): nothing is pickled."""
 
     options: AnalyzeOptions
-    capture_path: str
+    #: Opened by the parent, read by the worker.
+    capture: CaptureFile
     #: The worker writes ``<prefix>.part`` (render_part's) and ``<prefix>.result``.
     prefix: str
     render_part: RenderPart[T]
+
+    @property
+    def capture_path(self) -> str:
+        return self.capture.path
 
     @property
     def part_path(self) -> str:
@@ -537,6 +543,7 @@ class _Workers:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._running[index] = p
+        task.capture.close()  # the worker has its own copy
 
     def __enter__(self) -> _Workers:
         return self
@@ -574,12 +581,23 @@ def _work(task: _Task[Any]) -> None:
 
 
 def _analyze_one(task: _Task[T]) -> tuple[T, CaptureInfo, dict[str, Any]]:
-    run = Run(replace(task.options, paths=(task.capture_path,)))
+    run = _FileRun(task.options, task.capture)
     conns = run.connections()
     value = task.render_part(conns, task.part_path)
     for _ in conns:  # whatever render_part left: the aggregates need every connection
         pass
     return value, run.captures[0], _aggregator_state(run.aggregator)
+
+
+class _FileRun(Run):
+    """A worker's run: one file, as the parent opened it (fork copied it here)."""
+
+    def __init__(self, options: AnalyzeOptions, capture: CaptureFile) -> None:
+        self._capture = capture
+        super().__init__(replace(options, paths=(capture.path,)))
+
+    def _open_all(self, paths: tuple[str, ...]) -> list[CaptureFile]:
+        return [self._capture]
 
 
 def _result(task: _Task[T], exitcode: int) -> tuple[T, CaptureInfo, dict[str, Any]]:

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -138,6 +139,19 @@ def test_standard_output_of_a_process_as_one_process(fmt: str, tmp_path: Path) -
         )
         outs.append(run.stdout)
     assert outs[1] == outs[0]
+
+
+def test_captures_read_from_pipes(tmp_path: Path) -> None:
+    # A pipe is read once: the worker reads the file the parent opened.
+    pipes = " ".join(f"<(cat {shlex.quote(f)})" for f in FILES[:4])
+    outs = []
+    for jobs in ("1", "2"):
+        analyze = f"analyze --separate --jobs {jobs} --format json -q {pipes}"
+        command = f"{shlex.quote(sys.executable)} -m fintrace {analyze}"
+        run = subprocess.run(["bash", "-c", command], capture_output=True, check=True, cwd=tmp_path)
+        outs.append(run.stdout)
+    assert outs[1] == outs[0]
+    assert len(json.loads(outs[0])["captures"]) == 4
 
 
 def test_json_summary_and_captures_as_one_process() -> None:
