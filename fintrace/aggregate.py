@@ -4,10 +4,10 @@
 is finished, and keeps only compact aggregates: counters, a bounded list of
 example streams per item, and for the TIME_WAIT and CLOSE_WAIT figures one
 8-byte float per connection that held TIME_WAIT or completed a close (in
-``array('d')``; an item that holds one keeps a lone float), so memory stays
-small on captures of millions of connections. Items are keyed by tuples of
-the connections' address strings (shared, see :func:`fintrace.pipeline.ip_text`);
-names are made only for the summary.
+``array('d')``), so memory stays small on captures of millions of
+connections. The items there are many (one per client and service): their
+values are kept with no object per item (:class:`_Events`, 18 bytes a
+value) and grouped once, for the summary; names are made only there too.
 
 What it adds up (``../shared/TEARDOWN.md``, "What the report adds up"), as
 the keys of :meth:`Aggregator.summary`. These keys are read by the renderers
@@ -70,9 +70,12 @@ import math
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from fintrace.model import CloseType, Connection, Role, State
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: Example streams kept per item (for Wireshark filters).
 MAX_EXAMPLES = 20
@@ -123,24 +126,80 @@ class _Examples:
 #: server ip, server port)`` for a client (see the module docstring).
 _ServiceKey = tuple[str, int] | tuple[str, str, int]
 
-#: Start times (or waits) of one item: a lone float until a second one comes,
-#: since most items of a large capture (a client toward one service) hold one.
-_Floats: TypeAlias = "float | array[float]"
+
+class _Addresses:
+    """Address strings by number, so that an item's key is two machine integers."""
+
+    __slots__ = ("ids", "names")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def id(self, ip: str) -> int:
+        n = self.ids.get(ip)
+        if n is None:
+            n = self.ids[ip] = len(self.names)
+            self.names.append(ip)
+        return n
 
 
-def _push(d: dict[Any, _Floats], key: Any, value: float) -> None:
-    """Append ``value`` to the :data:`_Floats` of ``key``."""
-    old = d.get(key)
-    if old is None:
-        d[key] = value
-    elif isinstance(old, float):
-        d[key] = array("d", (old, value))
-    else:
-        old.append(value)
+#: The ``pair`` of an item with one address: the bit no two-address pair has.
+_ONE = 1 << 63
+_LOW = 0xFFFFFFFF
+
+#: An item of :class:`_Events`: one or two addresses, and a port.
+_Item = tuple[str, str | None, int]
 
 
-def _floats(v: _Floats) -> list[float] | array[float]:
-    return [v] if isinstance(v, float) else v
+class _Events:
+    """Float values of many small items, with no object per item.
+
+    An item is one address and a port (a server's service) or two and a port
+    (a client toward a service). A large capture holds one per client and
+    service, most with a single value: kept as objects in a dictionary, the
+    key and its value cost about 130 bytes; here each value costs 18, in
+    three arrays (the addresses as numbers of an :class:`_Addresses`, the
+    port, the value). :meth:`items` groups them, once, for the summary.
+    """
+
+    __slots__ = ("pair", "port", "values")
+
+    def __init__(self) -> None:
+        self.pair: array[int] = array("Q")
+        self.port: array[int] = array("H")
+        self.values: array[float] = array("d")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, addrs: _Addresses, item: _Item, value: float) -> None:
+        first, second, port = item
+        if second is None:
+            self.pair.append(_ONE | addrs.id(first))
+        else:
+            self.pair.append(addrs.id(first) << 32 | addrs.id(second))
+        self.port.append(port)
+        self.values.append(value)
+
+    def items(self, addrs: _Addresses) -> Iterator[tuple[_Item, list[float]]]:
+        """Each item with its values, in the order they were added."""
+        pair, port, values = self.pair, self.port, self.values
+        order = sorted(range(len(values)), key=lambda i: pair[i] << 16 | port[i])
+        names = addrs.names
+        i, n = 0, len(order)
+        while i < n:
+            k = order[i]
+            p, q = pair[k], port[k]
+            vals = [values[k]]
+            i += 1
+            while i < n and pair[order[i]] == p and port[order[i]] == q:
+                vals.append(values[order[i]])
+                i += 1
+            if p & _ONE:
+                yield (names[p & _LOW], None, q), vals
+            else:
+                yield (names[p >> 32], names[p & _LOW], q), vals
 
 
 @dataclass(slots=True)
@@ -230,6 +289,17 @@ def _service_key(c: Connection, passive: Role) -> _ServiceKey:
     return (c.client.ip, c.server.ip, c.server.port)
 
 
+def _service_item(key: _ServiceKey) -> _Item:
+    if len(key) == 2:
+        return (key[0], None, key[1])
+    return key
+
+
+def _item_service(item: _Item) -> _ServiceKey:
+    first, second, port = item
+    return (first, port) if second is None else (first, second, port)
+
+
 class Aggregator:
     """Adds up finished connections; :meth:`summary` gives the result."""
 
@@ -240,12 +310,15 @@ class Aggregator:
         self.active: Counter[str] = Counter()
         self.tw_holders: Counter[str] = Counter()
         self.tw_by_host: defaultdict[str, array[float]] = defaultdict(lambda: array("d"))
-        self.tw_by_triple: dict[tuple[str, str, int], _Floats] = {}
+        #: The addresses of the items of ``tw_by_triple`` and ``waits``.
+        self.addrs = _Addresses()
+        #: When each client's TIME_WAIT began, by (client, server, server port).
+        self.tw_by_triple = _Events()
         #: CLOSE_WAIT connections by passive service.
         self.services: dict[_ServiceKey, _Service] = {}
         #: How long each completed close stayed in CLOSE_WAIT, by passive
-        #: service; the slow ones' examples.
-        self.waits: dict[_ServiceKey, _Floats] = {}
+        #: service (:func:`_service_item`); the slow ones' examples.
+        self.waits = _Events()
         self.slowest: dict[_ServiceKey, _Examples] = {}
         self.fin_wait_2: Counter[str] = Counter()
         self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
@@ -337,7 +410,7 @@ class Aggregator:
             else:
                 svc.open += 1
         elif c.close_type in _COMPLETED:
-            _push(self.waits, key, wait)
+            self.waits.add(self.addrs, _service_item(key), wait)
             if wait >= self.options.slow_after:
                 slowest = self.slowest.get(key)
                 if slowest is None:
@@ -355,7 +428,8 @@ class Aggregator:
         # Only the client's TIME_WAIT ties up one of its ephemeral ports: a
         # server's TIME_WAIT costs the client nothing when it connects.
         if client_start is not None:
-            _push(self.tw_by_triple, (c.client.ip, c.server.ip, c.server.port), client_start)
+            item = (c.client.ip, c.server.ip, c.server.port)
+            self.tw_by_triple.add(self.addrs, item, client_start)
 
     def summary(self) -> dict[str, Any]:
         total = self.total
@@ -402,8 +476,8 @@ class Aggregator:
             by_host.append({"host": ip, "connections": len(starts), "peak": peak, "peak_ts": when})
         by_host.sort(key=lambda d: (-d["peak"], -d["connections"], d["host"]))
         triples: list[dict[str, Any]] = []
-        for (cip, sip, sport), held in self.tw_by_triple.items():
-            peak, when = peak_overlap(_floats(held), window)
+        for (cip, sip, sport), held in self.tw_by_triple.items(self.addrs):
+            peak, when = peak_overlap(held, window)
             triples.append(
                 {
                     "client_ip": cip,
@@ -445,8 +519,9 @@ class Aggregator:
                         "streams": svc.stuck_examples.as_dict(),
                     }
                 )
-        for key, held in self.waits.items():
-            w = sorted(_floats(held))
+        for item, w in self.waits.items(self.addrs):
+            w.sort()
+            key = _item_service(item)
             slowest = self.slowest.get(key)
             spread.append(
                 _who(key)
@@ -532,9 +607,9 @@ class Aggregator:
         self.tw_holders.update(other.tw_holders)
         for ip, starts in other.tw_by_host.items():
             self.tw_by_host[ip].extend(starts)
-        for triple, held in other.tw_by_triple.items():
-            for start in _floats(held):
-                _push(self.tw_by_triple, triple, start)
+        for triple, held in other.tw_by_triple.items(other.addrs):
+            for start in held:
+                self.tw_by_triple.add(self.addrs, triple, start)
         self._merge_examples(self.reused, other.reused)
         self.reused_failed += other.reused_failed
         self.reuse_gaps.extend(other.reuse_gaps)
@@ -570,9 +645,9 @@ class Aggregator:
                 if mine.stuck_examples is None:
                     mine.stuck_examples = _Examples()
                 self._merge_examples(mine.stuck_examples, svc.stuck_examples)
-        for key, held in other.waits.items():
-            for wait in _floats(held):
-                _push(self.waits, key, wait)
+        for item, waits in other.waits.items(other.addrs):
+            for wait in waits:
+                self.waits.add(self.addrs, item, wait)
         for key, slow in other.slowest.items():
             slowest = self.slowest.get(key)
             if slowest is None:

@@ -314,3 +314,32 @@ def test_close_types_and_closers_add_up() -> None:
     assert s["close_types"]["graceful"] == {"count": 2, "share": 0.5}
     assert s["close_types"]["open"] == {"count": 1, "share": 0.25}
     assert s["active_closer"] == {"client": 1, "server": 1, "both": 1, "none": 1}
+
+
+def test_events_group_each_items_values_in_order() -> None:
+    from fintrace.aggregate import _Addresses, _Events
+
+    addrs = _Addresses()
+    ev = _Events()
+    added = [
+        (("10.0.0.1", "10.0.0.9", 80), 5.0),
+        (("10.0.0.9", None, 80), 1.0),  # one address: a server's service
+        (("10.0.0.1", "10.0.0.9", 443), 2.0),  # another port
+        (("10.0.0.1", "10.0.0.9", 80), 3.0),
+        (("10.0.0.9", "10.0.0.1", 80), 4.0),  # the addresses the other way round
+        (("2001:db8::1", "10.0.0.9", 80), 7.0),
+        (("10.0.0.1", "10.0.0.9", 80), 6.0),
+        (("10.0.0.9", None, 80), 0.5),
+    ]
+    for item, value in added:
+        ev.add(addrs, item, value)
+    assert len(ev) == len(added)
+    got = dict(ev.items(addrs))
+    assert got == {
+        ("10.0.0.1", "10.0.0.9", 80): [5.0, 3.0, 6.0],
+        ("10.0.0.9", None, 80): [1.0, 0.5],
+        ("10.0.0.1", "10.0.0.9", 443): [2.0],
+        ("10.0.0.9", "10.0.0.1", 80): [4.0],
+        ("2001:db8::1", "10.0.0.9", 80): [7.0],
+    }
+    assert addrs.names == ["10.0.0.1", "10.0.0.9", "2001:db8::1"]
