@@ -393,3 +393,36 @@ def test_every_capture_in_formats_has_a_test_here() -> None:
     # The ring buffer is tests/test_multifile.py's.
     present = {p.name for p in FORMATS.iterdir() if p.is_file()}
     assert present == named
+
+
+def test_json_document_alike_on_every_kind_of_text_stream(tmp_path: Path) -> None:
+    # The summary goes straight to a UTF-8 stream's bytes, else through str:
+    # the document must read the same either way, a non-ASCII name included.
+    import io
+    import json
+    import shutil
+
+    from fintrace.cli import Progress, render
+    from fintrace.render.jsonout import JsonRenderer
+
+    src = tmp_path / "capturé.pcap"
+    shutil.copy(CAPTURES / "demo.pcap", src)
+    texts = []
+    for make in (
+        io.StringIO,
+        lambda: io.TextIOWrapper(io.BytesIO(), encoding="utf-8"),
+        lambda: io.TextIOWrapper(io.BytesIO(), encoding="utf-16"),
+    ):
+        out = make()
+        run = analyze(AnalyzeOptions(paths=(str(src),)))
+        render(run, JsonRenderer(out), lambda c: True, Progress(False))
+        if isinstance(out, io.TextIOWrapper):
+            out.flush()
+            raw = out.buffer.getvalue()  # type: ignore[attr-defined]
+            texts.append(raw.decode(out.encoding))
+        else:
+            texts.append(out.getvalue())
+    assert texts[0] == texts[1] == texts[2]
+    doc = json.loads(texts[0])
+    assert doc["captures"][0]["file"] == str(src)
+    assert doc["summary"]["connections"] == len(doc["connections"]) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
@@ -142,6 +143,22 @@ class JsonRenderer:
     def end(self, run: Run) -> None:
         captures = [c.as_dict() for c in run.captures]
         tail = {"captures": captures, "summary": run.summary()}
-        body = orjson.dumps(tail, option=orjson.OPT_NON_STR_KEYS).decode()
-        self.out.write("\n]," + body[1:] + "\n")
+        body = orjson.dumps(tail, option=orjson.OPT_NON_STR_KEYS)
+        del tail
+        self.out.write("\n],")
+        # The summary of millions of connections is tens of megabytes of text:
+        # written as orjson made it, not copied into a str and sliced.
+        _write_bytes(self.out, memoryview(body)[1:])
+        self.out.write("\n")
         self.out.flush()
+
+
+def _write_bytes(out: TextIO, data: memoryview) -> None:
+    """Write UTF-8 ``data`` to a text stream, straight to its bytes when they are UTF-8 too."""
+    buffer = getattr(out, "buffer", None)
+    encoding = getattr(out, "encoding", None) or "ascii"
+    if buffer is None or codecs.lookup(encoding).name != "utf-8":
+        out.write(bytes(data).decode())
+        return
+    out.flush()
+    buffer.write(data)
