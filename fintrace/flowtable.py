@@ -372,5 +372,7 @@ class FlowTable:
         self._tombs.clear()
         self.table.clear()
         rest.sort(key=lambda r: (r[0], r[1]))
-        for _, _, c in rest:
+        rest.reverse()  # popped from the end: each leaves the list as it is given out
+        while rest:
+            _, _, c = rest.pop()
             yield thaw(c.blob, c.key_a, c.key_b) if isinstance(c, Frozen) else c

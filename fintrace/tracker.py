@@ -24,6 +24,7 @@ what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 from __future__ import annotations
 
 import marshal
+import zlib
 
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
@@ -539,16 +540,21 @@ _HALF_REFS = ("first_fin", "rst_from")
 _STATE_LIST = tuple(State)
 _STATE_CODE = {s: i for i, s in enumerate(_STATE_LIST)}
 _STATE_SLOT = _HALF_SLOTS.index("state")
+#: Raw deflate with a 4 KiB window: the marshalled tracker (about 490 bytes)
+#: compresses to about 270 at level 1 in about 13 µs, and a capture can hold
+#: hundreds of thousands of idle connections.
+_WBITS = -12
 
 
 def freeze(conn: Tracker) -> bytes:
-    """The tracker, but for its flow keys, as one bytes object (about 490 bytes, from 2.7 KB).
+    """The tracker, but for its flow keys, as one bytes object (about 270 bytes, from 2.7 KB).
 
     For a connection that has gone idle and may stay so until the capture
     ends: :func:`thaw` gives back an equal tracker when a segment comes.
     Traced connections (``show``) are not frozen. The flow keys stay with
     the caller (the table keeps them anyway); states are numbers and the
-    transitions one flat list of (side × 16 + state, frame, ts).
+    transitions one flat list of (side × 16 + state, frame, ts); the
+    ``marshal`` bytes of all that are deflated.
     """
     a, b = conn.a, conn.b
     halves = []
@@ -566,12 +572,12 @@ def freeze(conn: Tracker) -> bytes:
     code = _STATE_CODE
     for h, st, frame, ts in conn.transitions:
         moves += ((16 if h is b else 0) + code[st], frame, ts)
-    return marshal.dumps((halves, t, anomalies, moves))
+    return zlib.compress(marshal.dumps((halves, t, anomalies, moves)), 1, _WBITS)
 
 
 def thaw(blob: bytes, key_a: bytes, key_b: bytes) -> Tracker:
     """The tracker :func:`freeze` made ``blob`` of, with its sides' flow keys."""
-    halves, t, anomalies, moves = marshal.loads(blob)
+    halves, t, anomalies, moves = marshal.loads(zlib.decompress(blob, _WBITS))
     conn = Tracker.__new__(Tracker)
     hs = []
     for v, key in zip(halves, (key_a, key_b), strict=True):
