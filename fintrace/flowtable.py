@@ -131,7 +131,6 @@ class FlowTable:
         self.live: dict[Tracker, None] = {}
         self._lingering: deque[tuple[float, Tracker]] = deque()
         self._tombs: deque[tuple[float, Tombstone]] = deque()
-        self._frozen: dict[Frozen, None] = {}
         self._next_freeze = 0.0
         #: Segments that reached a tombstone, per file index.
         self.late: dict[int, int] = {}
@@ -302,14 +301,12 @@ class FlowTable:
             self._remove(conn)
             f = Frozen(conn)
             table[f.key_a] = table[f.key_b] = f
-            self._frozen[f] = None
             # Break the tracker's cycles: the collector is paused.
             conn.a.peer = conn.b.peer = conn.a.conn = conn.b.conn = None  # type: ignore[assignment]
             conn.first_fin = conn.rst_from = None
             conn.transitions = []
 
     def _thaw(self, f: Frozen, key: bytes) -> Half:
-        del self._frozen[f]
         conn = thaw(f.blob, f.key_a, f.key_b)
         self.table[f.key_a] = conn.a
         self.table[f.key_b] = conn.b
@@ -365,9 +362,13 @@ class FlowTable:
         rest: list[tuple[int, int, Tracker | Frozen]] = [
             (c.capture, c.stream, c) for c in self.live
         ]
-        rest += ((f.capture, f.stream, f) for f in self._frozen)
+        # Frozen connections are only in the table (filed twice: once here).
+        rest += (
+            (f.capture, f.stream, f)
+            for k, f in self.table.items()
+            if type(f) is Frozen and k == f.key_a
+        )
         self.live.clear()
-        self._frozen.clear()
         self._lingering.clear()
         self._tombs.clear()
         self.table.clear()
