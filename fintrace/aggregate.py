@@ -122,11 +122,6 @@ class _Examples:
         return {cap: sorted(streams) for cap, streams in out.items()}
 
 
-#: A service by what names it: ``(ip, port)`` for a server, ``(client ip,
-#: server ip, server port)`` for a client (see the module docstring).
-_ServiceKey = tuple[str, int] | tuple[str, str, int]
-
-
 class _Addresses:
     """Address strings by number, so that an item's key is two machine integers."""
 
@@ -148,7 +143,9 @@ class _Addresses:
 _ONE = 1 << 63
 _LOW = 0xFFFFFFFF
 
-#: An item of :class:`_Events`: one or two addresses, and a port.
+#: An item of :class:`_Events`: one or two addresses, and a port. A service
+#: is one by what names it: ``(ip, None, port)`` for a server, ``(client ip,
+#: server ip, server port)`` for a client (see the module docstring).
 _Item = tuple[str, str | None, int]
 
 
@@ -217,18 +214,17 @@ class _Service:
     stuck_examples: _Examples | None = None
 
 
-def _who(key: _ServiceKey) -> dict[str, Any]:
+def _who(key: _Item) -> dict[str, Any]:
     """The ``service``, ``role``, ``ip``, ``port`` and ``peer`` of a summary item."""
     name, role, ip, port, peer = _service_names(key)
     return {"service": name, "role": role, "ip": ip, "port": port, "peer": peer}
 
 
-def _service_names(key: _ServiceKey) -> tuple[str, str, str, int | None, str | None]:
-    """(name, role, ip, port, peer) of a service key, as the module docstring says."""
-    if len(key) == 2:
-        ip, port = key
-        return f"{host(ip)}:{port}", "server", ip, port, None
+def _service_names(key: _Item) -> tuple[str, str, str, int | None, str | None]:
+    """(name, role, ip, port, peer) of a service, as the module docstring says."""
     cip, sip, sport = key
+    if sip is None:
+        return f"{host(cip)}:{sport}", "server", cip, sport, None
     peer = f"{host(sip)}:{sport}"
     return f"{cip} (client of {peer})", "client", cip, None, peer
 
@@ -282,22 +278,11 @@ def host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
-def _service_key(c: Connection, passive: Role) -> _ServiceKey:
-    """The key of the passive endpoint's service."""
+def _service_key(c: Connection, passive: Role) -> _Item:
+    """The passive endpoint's service."""
     if passive is Role.SERVER:
-        return (c.server.ip, c.server.port)
+        return (c.server.ip, None, c.server.port)
     return (c.client.ip, c.server.ip, c.server.port)
-
-
-def _service_item(key: _ServiceKey) -> _Item:
-    if len(key) == 2:
-        return (key[0], None, key[1])
-    return key
-
-
-def _item_service(item: _Item) -> _ServiceKey:
-    first, second, port = item
-    return (first, port) if second is None else (first, second, port)
 
 
 class Aggregator:
@@ -315,11 +300,11 @@ class Aggregator:
         #: When each client's TIME_WAIT began, by (client, server, server port).
         self.tw_by_triple = _Events()
         #: CLOSE_WAIT connections by passive service.
-        self.services: dict[_ServiceKey, _Service] = {}
+        self.services: dict[_Item, _Service] = {}
         #: How long each completed close stayed in CLOSE_WAIT, by passive
-        #: service (:func:`_service_item`); the slow ones' examples.
+        #: service; the slow ones' examples.
         self.waits = _Events()
-        self.slowest: dict[_ServiceKey, _Examples] = {}
+        self.slowest: dict[_Item, _Examples] = {}
         self.fin_wait_2: Counter[str] = Counter()
         self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
         self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -410,7 +395,7 @@ class Aggregator:
             else:
                 svc.open += 1
         elif c.close_type in _COMPLETED:
-            self.waits.add(self.addrs, _service_item(key), wait)
+            self.waits.add(self.addrs, key, wait)
             if wait >= self.options.slow_after:
                 slowest = self.slowest.get(key)
                 if slowest is None:
@@ -519,9 +504,8 @@ class Aggregator:
                         "streams": svc.stuck_examples.as_dict(),
                     }
                 )
-        for item, w in self.waits.items(self.addrs):
+        for key, w in self.waits.items(self.addrs):
             w.sort()
-            key = _item_service(item)
             slowest = self.slowest.get(key)
             spread.append(
                 _who(key)
