@@ -70,12 +70,14 @@ import math
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fintrace.model import CloseType, Connection, Role, State
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+R = TypeVar("R")
 
 #: Example streams kept per item (for Wireshark filters).
 MAX_EXAMPLES = 20
@@ -285,6 +287,26 @@ def _service_key(c: Connection, passive: Role) -> _Item:
     return (c.client.ip, c.server.ip, c.server.port)
 
 
+class Rows(Generic[R]):
+    """A summary list kept as compact rows, its items made one at a time as read.
+
+    For the lists that hold an item per client and service: a few tuples
+    each instead of a dict each until the JSON document streams them.
+    """
+
+    __slots__ = ("_make", "_rows")
+
+    def __init__(self, rows: list[R], make: Callable[[R], dict[str, Any]]) -> None:
+        self._rows = rows
+        self._make = make
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(self._make, self._rows)
+
+
 class Aggregator:
     """Adds up finished connections; :meth:`summary` gives the result."""
 
@@ -416,7 +438,11 @@ class Aggregator:
             item = (c.client.ip, c.server.ip, c.server.port)
             self.tw_by_triple.add(self.addrs, item, client_start)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, lazy: bool = False) -> dict[str, Any]:
+        """The summary; with ``lazy``, the two lists that hold an item per client
+        and service (``time_wait.by_tuple``, ``close_wait.by_service``) are
+        :class:`Rows`, whose items are made as they are read (for the JSON
+        document, which streams them)."""
         total = self.total
         return {
             "connections": total,
@@ -432,8 +458,8 @@ class Aggregator:
             "active_closer": {
                 r: self.active.get(r, 0) for r in ("client", "server", "both", "none")
             },
-            "time_wait": self._time_wait_summary(),
-            "close_wait": self._close_wait_summary(),
+            "time_wait": self._time_wait_summary(lazy),
+            "close_wait": self._close_wait_summary(lazy),
             "resets": self._reset_summary(),
             "attempts": {
                 "count": sum(e.total for e in self.attempts.values()),
@@ -452,7 +478,7 @@ class Aggregator:
             "anomalies": dict(self.anomalies.most_common()),
         }
 
-    def _time_wait_summary(self) -> dict[str, Any]:
+    def _time_wait_summary(self, lazy: bool) -> dict[str, Any]:
         o = self.options
         window = 2 * o.msl
         by_host: list[dict[str, Any]] = []
@@ -460,27 +486,32 @@ class Aggregator:
             peak, when = peak_overlap(starts, window)
             by_host.append({"host": ip, "connections": len(starts), "peak": peak, "peak_ts": when})
         by_host.sort(key=lambda d: (-d["peak"], -d["connections"], d["host"]))
-        triples: list[dict[str, Any]] = []
+        # Sorted as compact tuples, highest peak first; a dict each only when read.
+        rows: list[tuple[int, str, str | None, int, float]] = []
         for (cip, sip, sport), held in self.tw_by_triple.items(self.addrs):
             peak, when = peak_overlap(held, window)
-            triples.append(
-                {
-                    "client_ip": cip,
-                    "server_ip": sip,
-                    "server_port": sport,
-                    "peak": peak,
-                    "peak_ts": when,
-                    "share_of_ephemeral": peak / o.ephemeral_ports,
-                }
-            )
-        triples.sort(key=lambda d: (-d["peak"], d["client_ip"], d["server_ip"], d["server_port"]))
+            rows.append((-peak, cip, sip, sport, when))
+        rows.sort()
+        ports = o.ephemeral_ports
+
+        def triple(r: tuple[int, str, str | None, int, float]) -> dict[str, Any]:
+            return {
+                "client_ip": r[1],
+                "server_ip": r[2],
+                "server_port": r[3],
+                "peak": -r[0],
+                "peak_ts": r[4],
+                "share_of_ephemeral": -r[0] / ports,
+            }
+
+        triples = Rows(rows, triple)
         return {
             "holders": {r: self.tw_holders.get(r, 0) for r in ("client", "server", "both")},
             "msl_s": o.msl,
             "window_s": window,
             "ephemeral_ports": o.ephemeral_ports,
             "by_host": by_host,
-            "by_tuple": triples,
+            "by_tuple": triples if lazy else list(triples),
             "reused_within_2msl": {
                 "count": self.reused.total,
                 "min_gap_s": min(self.reuse_gaps) if self.reuse_gaps else None,
@@ -489,10 +520,10 @@ class Aggregator:
             },
         }
 
-    def _close_wait_summary(self) -> dict[str, Any]:
+    def _close_wait_summary(self, lazy: bool) -> dict[str, Any]:
         o = self.options
         stuck: list[dict[str, Any]] = []
-        spread: list[dict[str, Any]] = []
+        rows: list[tuple[float, float, str, _Item, int, float]] = []
         for key, svc in self.services.items():
             if svc.stuck and svc.stuck_examples is not None:
                 stuck.append(
@@ -506,20 +537,25 @@ class Aggregator:
                 )
         for key, w in self.waits.items(self.addrs):
             w.sort()
-            slowest = self.slowest.get(key)
-            spread.append(
-                _who(key)
-                | {
-                    "count": len(w),
-                    "p50_s": percentile(w, 50),
-                    "p95_s": percentile(w, 95),
-                    "max_s": w[-1],
-                    "slow": 0 if slowest is None else slowest.total,
-                    "slow_streams": {} if slowest is None else slowest.as_dict(),
-                }
-            )
+            name = _service_names(key)[0]
+            rows.append((-percentile(w, 95), -w[-1], name, key, len(w), percentile(w, 50)))
+        # Slowest first, as compact tuples; a dict each only when read.
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        slowest_of = self.slowest
+
+        def service(r: tuple[float, float, str, _Item, int, float]) -> dict[str, Any]:
+            slowest = slowest_of.get(r[3])
+            return _who(r[3]) | {
+                "count": r[4],
+                "p50_s": r[5],
+                "p95_s": -r[0],
+                "max_s": -r[1],
+                "slow": 0 if slowest is None else slowest.total,
+                "slow_streams": {} if slowest is None else slowest.as_dict(),
+            }
+
+        spread = Rows(rows, service)
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
-        spread.sort(key=lambda d: (-d["p95_s"], -d["max_s"], d["service"]))
         waits: list[dict[str, Any]] = [
             {
                 "host": ip,
@@ -535,7 +571,7 @@ class Aggregator:
             "stuck_after_s": o.stuck_after,
             "slow_after_s": o.slow_after,
             "stuck_by_service": stuck,
-            "by_service": spread,
+            "by_service": spread if lazy else list(spread),
             "fin_wait_2_by_host": dict(self.fin_wait_2.most_common()),
             "fin_wait_2": waits,
         }

@@ -426,3 +426,23 @@ def test_json_document_alike_on_every_kind_of_text_stream(tmp_path: Path) -> Non
     doc = json.loads(texts[0])
     assert doc["captures"][0]["file"] == str(src)
     assert doc["summary"]["connections"] == len(doc["connections"]) == 6
+
+
+def test_streamed_summary_is_byte_for_byte_orjsons() -> None:
+    # The document streams the summary (its per-client lists item by item):
+    # the bytes must be those orjson gives the whole summary, on every capture.
+    import orjson
+
+    from fintrace.render.jsonout import stream_json
+
+    from conftest import capture_files
+
+    paths = [str(p) for p in capture_files()]
+    run = analyze(AnalyzeOptions(paths=tuple(paths), separate=True))
+    for _ in run.connections():
+        pass
+    whole = run.summary()
+    assert whole["time_wait"]["by_tuple"] and whole["close_wait"]["by_service"]
+    parts: list[bytes] = []
+    stream_json(run.aggregator.summary(lazy=True), parts.append)
+    assert b"".join(parts) == orjson.dumps(whole, option=orjson.OPT_NON_STR_KEYS)

@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from fintrace.aggregate import Rows
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fintrace.model import Connection
     from fintrace.pipeline import Run
 
@@ -142,15 +146,69 @@ class JsonRenderer:
 
     def end(self, run: Run) -> None:
         captures = [c.as_dict() for c in run.captures]
-        tail = {"captures": captures, "summary": run.summary()}
-        body = orjson.dumps(tail, option=orjson.OPT_NON_STR_KEYS)
-        del tail
+        # The summary of millions of connections holds an item per client and
+        # service: those lists come as Rows, each item made, written and
+        # dropped in turn, in chunks of bytes, never the whole text at once.
+        tail = {"captures": captures, "summary": run.aggregator.summary(lazy=True)}
         self.out.write("\n],")
-        # The summary of millions of connections is tens of megabytes of text:
-        # written as orjson made it, not copied into a str and sliced.
-        _write_bytes(self.out, memoryview(body)[1:])
+        chunks = _Chunks(self.out)
+        _stream_members(tail, chunks.write)  # the document's "{" is in begin()
+        chunks.write(b"}")
+        chunks.flush()
         self.out.write("\n")
         self.out.flush()
+
+
+def stream_json(value: Any, write: Callable[[bytes], object]) -> None:
+    """Write ``value`` as ``orjson.dumps(value, option=OPT_NON_STR_KEYS)`` would, byte
+    for byte, but a :class:`~fintrace.aggregate.Rows` one item at a time."""
+    if isinstance(value, dict):
+        write(b"{")
+        _stream_members(value, write)
+        write(b"}")
+    elif isinstance(value, Rows):
+        write(b"[")
+        for i, item in enumerate(value):
+            if i:
+                write(b",")
+            write(_dumps(item, option=orjson.OPT_NON_STR_KEYS))
+        write(b"]")
+    else:
+        write(_dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
+def _stream_members(value: dict[Any, Any], write: Callable[[bytes], object]) -> None:
+    """The members of a JSON object, without its braces."""
+    for i, (k, v) in enumerate(value.items()):
+        if i:
+            write(b",")
+        # A key as orjson writes it in an object (an enum by its value).
+        write(_dumps({k: 0}, option=orjson.OPT_NON_STR_KEYS)[1:-3])
+        write(b":")
+        stream_json(v, write)
+
+
+class _Chunks:
+    """Bytes gathered into writes of about 1 MiB to a text stream."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            _write_bytes(self.out, memoryview(b"".join(self.parts)))
+            self.parts = []
+            self.size = 0
 
 
 def _write_bytes(out: TextIO, data: memoryview) -> None:
