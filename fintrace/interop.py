@@ -267,14 +267,6 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
     return True
 
 
-def _first_of(conn: Tracker, h: Half) -> int:
-    """Frame of the side's first recorded state change (0: none)."""
-    for half, _state, frame, _ts in conn.transitions:
-        if half is h:
-            return frame
-    return 0
-
-
 def _common_conn_state(conn: Tracker) -> str | None:
     """``conn_state`` of the four most common shapes, without the replay.
 
@@ -300,7 +292,7 @@ def _common_conn_state(conn: Tracker) -> str | None:
         return "S0" if a.flags_seen & ~COUNT_ONLY == SYN else None
     rst = conn.rst_from
     if rst is None:
-        if seen & RST or not b.synack_frame or _first_of(conn, b) != b.synack_frame:
+        if seen & RST or not b.synack_frame or _first_frame(conn, b) != b.synack_frame:
             return None
         if a.fin_frame and b.fin_frame:
             return "SF"
@@ -312,7 +304,7 @@ def _common_conn_state(conn: Tracker) -> str | None:
         and not b.synack_frame
         and not seen & FIN
         and not a.flags_seen & RST
-        and _first_of(conn, b) == conn.rst_frame
+        and _first_frame(conn, b) == conn.rst_frame
     ):
         return "REJ"
     return None
