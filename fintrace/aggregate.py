@@ -306,6 +306,9 @@ class Rows(Generic[R]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return map(self._make, self._rows)
 
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._make(self._rows[i])
+
 
 class Aggregator:
     """Adds up finished connections; :meth:`summary` gives the result."""
@@ -442,7 +445,7 @@ class Aggregator:
         """The summary; with ``lazy``, the two lists that hold an item per client
         and service (``time_wait.by_tuple``, ``close_wait.by_service``) are
         :class:`Rows`, whose items are made as they are read (for the JSON
-        document, which streams them)."""
+        document, which streams them, and the table, which reads the first)."""
         total = self.total
         return {
             "connections": total,

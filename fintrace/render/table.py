@@ -140,7 +140,9 @@ class TableRenderer:
         self.rows.add(conn)
 
     def end(self, run: Run) -> None:
-        summary = run.summary()
+        # Lazy: the per-client lists are read item by item (findings) or for
+        # their first item, never made whole.
+        summary = run.aggregator.summary(lazy=True)
         self._overview(run)
         self._close_types(summary)
         self._time_wait(summary["time_wait"])
