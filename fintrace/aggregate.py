@@ -287,7 +287,7 @@ def _service_key(c: Connection, passive: Role) -> _Item:
     return (c.client.ip, c.server.ip, c.server.port)
 
 
-class Rows(Generic[R]):
+class LazyList(Generic[R]):
     """A summary list kept as compact rows, its items made one at a time as read.
 
     For the lists that hold an item per client and service: a few tuples
@@ -444,7 +444,7 @@ class Aggregator:
     def summary(self, *, lazy: bool = False) -> dict[str, Any]:
         """The summary; with ``lazy``, the two lists that hold an item per client
         and service (``time_wait.by_tuple``, ``close_wait.by_service``) are
-        :class:`Rows`, whose items are made as they are read (for the JSON
+        :class:`LazyList`, whose items are made as they are read (for the JSON
         document, which streams them, and the table, which reads the first)."""
         total = self.total
         return {
@@ -507,7 +507,7 @@ class Aggregator:
                 "share_of_ephemeral": -r[0] / ports,
             }
 
-        triples = Rows(rows, triple)
+        triples = LazyList(rows, triple)
         return {
             "holders": {r: self.tw_holders.get(r, 0) for r in ("client", "server", "both")},
             "msl_s": o.msl,
@@ -557,7 +557,7 @@ class Aggregator:
                 "slow_streams": {} if slowest is None else slowest.as_dict(),
             }
 
-        spread = Rows(rows, service)
+        spread = LazyList(rows, service)
         stuck.sort(key=lambda d: (-d["count"], -d["oldest_s"], d["service"]))
         waits: list[dict[str, Any]] = [
             {

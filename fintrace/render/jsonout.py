@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from fintrace.aggregate import Rows
+from fintrace.aggregate import LazyList
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -147,7 +147,7 @@ class JsonRenderer:
     def end(self, run: Run) -> None:
         captures = [c.as_dict() for c in run.captures]
         # The summary of millions of connections holds an item per client and
-        # service: those lists come as Rows, each item made, written and
+        # service: those lists come as LazyLists, each item made, written and
         # dropped in turn, in chunks of bytes, never the whole text at once.
         tail = {"captures": captures, "summary": run.aggregator.summary(lazy=True)}
         self.out.write("\n],")
@@ -161,12 +161,12 @@ class JsonRenderer:
 
 def stream_json(value: Any, write: Callable[[bytes], object]) -> None:
     """Write ``value`` as ``orjson.dumps(value, option=OPT_NON_STR_KEYS)`` would, byte
-    for byte, but a :class:`~fintrace.aggregate.Rows` one item at a time."""
+    for byte, but a :class:`~fintrace.aggregate.LazyList` one item at a time."""
     if isinstance(value, dict):
         write(b"{")
         _stream_members(value, write)
         write(b"}")
-    elif isinstance(value, Rows):
+    elif isinstance(value, LazyList):
         write(b"[")
         for i, item in enumerate(value):
             if i:
