@@ -162,6 +162,14 @@ def window_scale(opts: bytes) -> int:
     return -1
 
 
+def _syn_window_scale(buf: bytes, tcp: int, hlen: int, end: int) -> int | None:
+    """The window scale (or -1) of a SYN whose ``hlen``-byte TCP header starts at
+    ``tcp``; None when the snap length cut its options (the general path says so)."""
+    if tcp + hlen > end:
+        return None
+    return window_scale(buf[tcp + 20 : tcp + hlen])
+
+
 # -- general path ---------------------------------------------------------------
 
 
@@ -639,22 +647,15 @@ def segments(
                         ):
                             hlen = (offb >> 4) << 2
                             plen = total - 20 - hlen
-                            # A SYN's options (window scale) must all be captured.
-                            if plen >= 0 and (not flags & SYN or 34 + hlen <= caplen):
-                                yield (
-                                    frame,
-                                    ts,
-                                    buf[off + 26 : off + 38],
-                                    seq,
-                                    ack,
-                                    flags,
-                                    plen,
-                                    win,
-                                    window_scale(buf[off + 54 : off + 34 + hlen])
-                                    if flags & SYN
-                                    else -1,
-                                )
-                                continue
+                            if plen >= 0:
+                                key = buf[off + 26 : off + 38]
+                                if not flags & SYN:
+                                    yield frame, ts, key, seq, ack, flags, plen, win, -1
+                                    continue
+                                ws = _syn_window_scale(buf, off + 34, hlen, off + caplen)
+                                if ws is not None:
+                                    yield frame, ts, key, seq, ack, flags, plen, win, ws
+                                    continue
                         ver = 0
                     elif et == ET_IPV6 and caplen >= 74:
                         ver = 6
@@ -704,12 +705,13 @@ def segments(
                     hlen = (offb >> 4) << 2
                     plen = total - 20 - hlen
                     if plen >= 0:
+                        key = buf[ip + 12 : ip + 24]
                         if not flags & SYN:
-                            yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, -1
+                            yield frame, ts, key, seq, ack, flags, plen, win, -1
                             continue
-                        if hdr + 20 + hlen <= caplen:
-                            ws = window_scale(buf[ip + 40 : ip + 20 + hlen])
-                            yield frame, ts, buf[ip + 12 : ip + 24], seq, ack, flags, plen, win, ws
+                        ws = _syn_window_scale(buf, ip + 20, hlen, off + caplen)
+                        if ws is not None:
+                            yield frame, ts, key, seq, ack, flags, plen, win, ws
                             continue
             elif ver == 6:
                 hdr = ip - off
@@ -724,12 +726,13 @@ def segments(
                     hlen = (offb >> 4) << 2
                     plen -= hlen
                     if plen >= 0:
+                        key = buf[ip + 8 : ip + 44]
                         if not flags & SYN:
-                            yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, -1
+                            yield frame, ts, key, seq, ack, flags, plen, win, -1
                             continue
-                        if hdr + 40 + hlen <= caplen:
-                            ws = window_scale(buf[ip + 60 : ip + 40 + hlen])
-                            yield frame, ts, buf[ip + 8 : ip + 44], seq, ack, flags, plen, win, ws
+                        ws = _syn_window_scale(buf, ip + 40, hlen, off + caplen)
+                        if ws is not None:
+                            yield frame, ts, key, seq, ack, flags, plen, win, ws
                             continue
             # General path.
             d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
