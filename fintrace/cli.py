@@ -22,7 +22,7 @@ from fintrace.errors import FintraceError
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
 from fintrace.pipeline import AnalyzeOptions, ParallelRun, Run, analyze
-from fintrace.render import FORMATS, Renderer
+from fintrace.render import FORMATS, Renderer, text_renderer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -163,16 +163,10 @@ class Progress:
 
 
 def make_renderer(fmt: str, out: TextIO, *, limit: int | None, color: bool | None) -> Renderer:
-    from fintrace.render.csvout import CsvRenderer
-    from fintrace.render.jsonout import JsonLinesRenderer, JsonRenderer
     from fintrace.render.table import TableRenderer
 
-    if fmt == "json":
-        return JsonRenderer(out)
-    if fmt == "jsonl":
-        return JsonLinesRenderer(out)
-    if fmt == "csv":
-        return CsvRenderer(out)
+    if fmt != "table":
+        return text_renderer(fmt, out)
     console = Console(
         file=out, force_terminal=color, no_color=color is False, width=None if out.isatty() else 160
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from fintrace.model import Connection
     from fintrace.pipeline import Run
 
@@ -23,3 +25,20 @@ class Renderer(Protocol):
 
 
 FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def text_renderer(fmt: str, out: TextIO) -> Renderer:
+    """The renderer of a text format (``json``, ``jsonl``, ``csv``) writing to ``out``.
+
+    The table, which needs a console, is the CLI's to make.
+    """
+    from fintrace.render.csvout import CsvRenderer
+    from fintrace.render.jsonout import JsonLinesRenderer, JsonRenderer
+
+    if fmt == "json":
+        return JsonRenderer(out)
+    if fmt == "jsonl":
+        return JsonLinesRenderer(out)
+    if fmt == "csv":
+        return CsvRenderer(out)
+    raise ValueError(f"{fmt} is not a text format")

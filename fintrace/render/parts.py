@@ -21,8 +21,8 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from fintrace.render.csvout import CsvRenderer
-from fintrace.render.jsonout import JsonLinesRenderer, JsonRenderer
+from fintrace.render import text_renderer
+from fintrace.render.jsonout import JsonRenderer
 from fintrace.render.table import Rows, TableRenderer
 
 if TYPE_CHECKING:
@@ -63,23 +63,12 @@ class PartWriter:
             return Listed(rows.total, rows)
         n = 0
         with open(path, "w", encoding="utf-8", newline="") as out:
-            renderer = _connection_renderer(self.fmt, out)
+            renderer = text_renderer(self.fmt, out)  # of which only ``connection`` is called
             for conn in connections:
                 if keep(conn):
                     renderer.connection(conn)
                     n += 1
         return Listed(n)
-
-
-def _connection_renderer(fmt: str, out: TextIO) -> Renderer:
-    """The format's renderer, of which a worker calls only ``connection``."""
-    if fmt == "json":
-        return JsonRenderer(out)
-    if fmt == "jsonl":
-        return JsonLinesRenderer(out)
-    if fmt == "csv":
-        return CsvRenderer(out)
-    raise ValueError(f"no part renderer for the {fmt} format")
 
 
 class Splicer:
