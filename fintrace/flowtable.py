@@ -138,7 +138,8 @@ class FlowTable:
         self.capture = 0
         self.next_stream = 0
         #: Streams (of the first file) whose every segment is recorded, for
-        #: ``fintrace show``; recording turns the fast path off for them.
+        #: ``fintrace show``; recording turns the fast path off for them, and they
+        #: stay to the end of the capture (never frozen, never lingered out).
         self._trace = trace
         self.now = 0.0
 
@@ -332,6 +333,8 @@ class FlowTable:
             _, conn = q.popleft()
             if conn not in live:
                 continue  # superseded by a new stream meanwhile
+            if conn.trace is not None:
+                continue  # drawn by ``show``: every late segment too, so kept to the end
             due = conn.last_ts + linger
             if due > now:
                 q.append((due, conn))  # packets came after its end; look again later

@@ -145,3 +145,17 @@ def test_cli_draws_and_unknown_stream_is_one_line_exit_2() -> None:
     assert bad.output.strip().splitlines() == [
         f"fintrace: error: {CAPTURES / 'demo.pcap'}: no tcp.stream 99 (the capture has streams 0–5)"
     ]
+
+
+def test_a_late_segment_is_drawn_with_its_stream(tmp_path: Path) -> None:
+    # A graceful close, then a stray ACK 40 s later, after the default linger:
+    # Wireshark puts it in stream 0, so the ladder of stream 0 draws it.
+    f = Flow()
+    for side, flags in (("c", "S"), ("s", "SA"), ("c", "A"), ("c", "FA"), ("s", "FA"),
+                        ("c", "A")):  # fmt: skip
+        (f.c if side == "c" else f.s)(flags)
+    f.c("A", dt=40.0)
+    path = tmp_path / "late.pcap"
+    write_pcap(str(path), f.packets)
+    text = ladder(path, 0, everything=True)
+    assert [a[0] for a in arrows(text)] == [1, 2, 3, 4, 5, 6, 7]

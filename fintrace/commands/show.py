@@ -56,7 +56,7 @@ def command(
             separate=False,
             stuck_after=stuck_after,
             msl=30.0,
-            # Keep every connection to the end: the one asked for may end early.
+            # The traced stream itself is kept to the end (late segments drawn too).
             linger=None,
             numbering=numbering,
             ephemeral_ports=28232,
