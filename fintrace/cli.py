@@ -459,39 +459,17 @@ def main() -> None:
 def analyze_cmd(
     *,
     jobs: int,
-    captures: tuple[str, ...],
-    separate: bool,
-    stuck_after: float,
-    msl: float,
-    linger: float | None,
-    numbering: str,
-    ephemeral_ports: int,
-    close_types: tuple[str, ...],
-    stuck: bool,
-    ports: tuple[int, ...],
-    hosts: tuple[str, ...],
-    streams: tuple[int, ...],
     quiet: bool,
     debug: bool,
     fmt: str | None,
     output: str | None,
     limit: int,
     color: bool | None,
+    **params: Any,
 ) -> None:
     """Classify how every TCP connection in CAPTURES ended."""
     with _errors(debug):
-        options = build_options(
-            captures=captures,
-            separate=separate,
-            stuck_after=stuck_after,
-            msl=msl,
-            linger=linger,
-            numbering=numbering,
-            ephemeral_ports=ephemeral_ports,
-        )
-        keep = build_filters(
-            close_types=close_types, stuck=stuck, ports=ports, hosts=hosts, streams=streams
-        )
+        options, keep = from_params(params)
         bar = Progress(not quiet and sys.stderr.isatty())
         # Every capture is opened here: one that cannot be read stops the
         # command before the output exists (no empty file left behind).

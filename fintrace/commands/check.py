@@ -20,8 +20,7 @@ from fintrace.check import Checker, RuleResult, failed
 from fintrace.cli import (
     _errors,
     analysis_options,
-    build_filters,
-    build_options,
+    from_params,
     output_path,
     run_analysis,
     warn,
@@ -255,22 +254,7 @@ def command(
         policy = build_policy(
             policy_file=policy_file, directory=Path.cwd(), options=params, forbid=forbid
         )
-        options = build_options(
-            captures=params["captures"],
-            separate=params["separate"],
-            stuck_after=params["stuck_after"],
-            msl=params["msl"],
-            linger=params["linger"],
-            numbering=params["numbering"],
-            ephemeral_ports=params["ephemeral_ports"],
-        )
-        keep = build_filters(
-            close_types=params["close_types"],
-            stuck=params["stuck"],
-            ports=params["ports"],
-            hosts=params["hosts"],
-            streams=params["streams"],
-        )
+        options, keep = from_params(params)
         checker = Checker(policy, msl=options.msl, ephemeral_ports=options.ephemeral_ports)
         quiet = bool(params.get("quiet"))
         run = run_analysis(options, checker, keep, progress=not quiet and sys.stderr.isatty())
