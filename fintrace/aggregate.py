@@ -287,6 +287,10 @@ def _service_key(c: Connection, passive: Role) -> _Item:
     return (c.client.ip, c.server.ip, c.server.port)
 
 
+def _float_array() -> array[float]:
+    return array("d")
+
+
 class LazyList(Generic[R]):
     """A summary list kept as compact rows, its items made one at a time as read.
 
@@ -319,7 +323,8 @@ class Aggregator:
         self.close_types: Counter[str] = Counter()
         self.active: Counter[str] = Counter()
         self.tw_holders: Counter[str] = Counter()
-        self.tw_by_host: defaultdict[str, array[float]] = defaultdict(lambda: array("d"))
+        # A module function, not a lambda: ``--jobs`` workers send it pickled.
+        self.tw_by_host: defaultdict[str, array[float]] = defaultdict(_float_array)
         #: The addresses of the items of ``tw_by_triple`` and ``waits``.
         self.addrs = _Addresses()
         #: When each client's TIME_WAIT began, by (client, server, server port).

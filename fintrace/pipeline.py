@@ -19,7 +19,7 @@ import signal
 import socket
 import tempfile
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -454,9 +454,9 @@ class ParallelRun(Run):
                 ]
                 for i, f in enumerate(self._files):
                     task = tasks[i]
-                    value, info, state = _result(task, w.finish(i, tasks))
+                    value, info, aggregator = _result(task, w.finish(i, tasks))
                     self.captures.append(info)
-                    self.aggregator.merge(_aggregator(state))
+                    self.aggregator.merge(aggregator)
                     if info.last_ts is not None:
                         self.end_ts = max(self.end_ts, info.last_ts)
                     done += f.size
@@ -580,13 +580,13 @@ def _work(task: _Task[Any]) -> None:
     os.replace(task.result_path + ".tmp", task.result_path)
 
 
-def _analyze_one(task: _Task[T]) -> tuple[T, CaptureInfo, dict[str, Any]]:
+def _analyze_one(task: _Task[T]) -> tuple[T, CaptureInfo, Aggregator]:
     run = _FileRun(task.options, task.capture)
     conns = run.connections()
     value = task.render_part(conns, task.part_path)
     for _ in conns:  # whatever render_part left: the aggregates need every connection
         pass
-    return value, run.captures[0], _aggregator_state(run.aggregator)
+    return value, run.captures[0], run.aggregator
 
 
 class _FileRun(Run):
@@ -600,7 +600,7 @@ class _FileRun(Run):
         return [self._capture]
 
 
-def _result(task: _Task[T], exitcode: int) -> tuple[T, CaptureInfo, dict[str, Any]]:
+def _result(task: _Task[T], exitcode: int) -> tuple[T, CaptureInfo, Aggregator]:
     """What ``task``'s worker left, or the error it met."""
     try:
         with open(task.result_path, "rb") as f:
@@ -621,23 +621,6 @@ def _result(task: _Task[T], exitcode: int) -> tuple[T, CaptureInfo, dict[str, An
     if kind == "crash":
         raise RuntimeError(f"analysing {task.capture_path} failed in a worker process:\n{value}")
     return value  # type: ignore[no-any-return]
-
-
-def _aggregator_state(agg: Aggregator) -> dict[str, Any]:
-    """The aggregator's fields, picklable: a defaultdict's factory may be a lambda."""
-    return {k: dict(v) if isinstance(v, defaultdict) else v for k, v in vars(agg).items()}
-
-
-def _aggregator(state: dict[str, Any]) -> Aggregator:
-    """The aggregator :func:`_aggregator_state` describes."""
-    agg = Aggregator(state["options"])
-    for name, value in state.items():
-        mine = getattr(agg, name)
-        if isinstance(mine, defaultdict):
-            mine.update(value)
-        else:
-            setattr(agg, name, value)
-    return agg
 
 
 #: Connections per pickle in :func:`_pickle_connections`: one memo per batch.
