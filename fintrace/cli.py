@@ -12,13 +12,13 @@ import ipaddress
 import os
 import sys
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import click
 from rich.console import Console
 
 from fintrace import __version__
-from fintrace.errors import FintraceError
+from fintrace.errors import FintraceError, output_file
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
 from fintrace.pipeline import AnalyzeOptions, ParallelRun, Run, analyze
@@ -73,19 +73,8 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
             _silence_stdout()
             raise FintraceError(f"<stdout>: cannot write output ({exc.strerror})") from None
         return
-    try:
-        out = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
-    try:
-        with out:
-            yield out
-    except OSError as exc:
-        # A full disk or a vanished share while writing (an error that names
-        # a file is an input's, not the output's).
-        if exc.filename is not None:
-            raise
-        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
+    with output_file(path, "w", encoding="utf-8", newline="") as out:
+        yield cast("TextIO", out)
 
 
 def output_path(*, dash: bool) -> click.Path:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 from fintrace import __version__
-from fintrace.errors import CaptureError, FintraceError
+from fintrace.errors import CaptureError, FintraceError, output_file
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -178,19 +178,10 @@ def _output(path: str, inputs: Sequence[str]) -> Iterator[IO[bytes]]:
     for p in inputs:
         if os.path.exists(path) and os.path.exists(p) and os.path.samefile(path, p):
             raise FintraceError(f"{path}: the output would overwrite an input")
-    try:
-        out = open(path, "wb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
-    try:
-        with out:
-            yield out
-    except OSError as exc:
-        # Inputs are read through _read, which turns their errors into the end
-        # of the input: an OSError here is the output's (a write or the last flush).
-        if exc.filename is not None:
-            raise
-        raise FintraceError(f"{path}: cannot write output ({exc.strerror})") from None
+    # Inputs are read through _read, which turns their errors into the end of
+    # the input: an OSError here is the output's (a write or the last flush).
+    with output_file(path, "wb") as out:
+        yield out
 
 
 # -- pcapng blocks ------------------------------------------------------------
