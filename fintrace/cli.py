@@ -255,6 +255,28 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+#: Options that ``show`` shares with the commands of :func:`analysis_options`.
+stuck_after_option = click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Idle time after which a CLOSE_WAIT counts as stuck.",
+)
+numbering_option = click.option(
+    "--numbering",
+    type=click.Choice(NUMBERINGS),
+    default=NUMBERINGS[0],
+    show_default=True,
+    help="Number streams as this Wireshark release does (4.4 also starts a new "
+    "stream at a SYN or SYN+ACK after a FIN or RST).",
+)
+color_option = click.option("--color/--no-color", default=None, help="Force colour on or off.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks.")
+
+
 def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the commands that analyse captures."""
     opts = [
@@ -270,14 +292,7 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             is_flag=True,
             help="Analyse each file on its own instead of as one continuous capture.",
         ),
-        click.option(
-            "--stuck-after",
-            type=click.FloatRange(min=0),
-            default=60.0,
-            show_default=True,
-            metavar="SECONDS",
-            help="Idle time after which a CLOSE_WAIT counts as stuck.",
-        ),
+        stuck_after_option,
         click.option(
             "--msl",
             type=click.FloatRange(min=0, min_open=True),
@@ -294,14 +309,7 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Packet time a closed or reset connection waits for late segments "
             "before it is reported [default: 30 s, at most 2×MSL; 'inf' keeps all].",
         ),
-        click.option(
-            "--numbering",
-            type=click.Choice(NUMBERINGS),
-            default=NUMBERINGS[0],
-            show_default=True,
-            help="Number streams as this Wireshark release does (4.4 also starts a new "
-            "stream at a SYN or SYN+ACK after a FIN or RST).",
-        ),
+        numbering_option,
         click.option(
             "--ephemeral-ports",
             type=click.IntRange(min=1),
@@ -337,8 +345,8 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=0),
             help="Only list this tcp.stream (repeatable).",
         ),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-        click.option("--debug", is_flag=True, help="Show tracebacks."),
+        quiet_option,
+        debug_option,
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -436,7 +444,7 @@ def main() -> None:
     show_default=True,
     help="Rows of the table format's connection list (0: all).",
 )
-@click.option("--color/--no-color", default=None, help="Force colour on or off.")
+@color_option
 @click.option(
     "--jobs",
     "-j",

@@ -7,9 +7,18 @@ import sys
 import click
 from rich.console import Console
 
-from fintrace.cli import Progress, _errors, build_options, warn
+from fintrace.cli import (
+    Progress,
+    _errors,
+    build_options,
+    color_option,
+    debug_option,
+    numbering_option,
+    quiet_option,
+    stuck_after_option,
+    warn,
+)
 from fintrace.errors import FintraceError
-from fintrace.flowtable import NUMBERINGS
 from fintrace.model import ExitCode
 from fintrace.pipeline import analyze
 from fintrace.render.ladder import render_ladder, rows
@@ -20,24 +29,11 @@ from fintrace.render.ladder import render_ladder, rows
 @click.argument("capture", type=click.Path(dir_okay=True, readable=False, allow_dash=False))
 @click.argument("stream", type=click.IntRange(min=0))
 @click.option("--all", "everything", is_flag=True, help="Every segment, not only the close.")
-@click.option(
-    "--stuck-after",
-    type=click.FloatRange(min=0),
-    default=60.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Idle time after which a CLOSE_WAIT counts as stuck.",
-)
-@click.option(
-    "--numbering",
-    type=click.Choice(NUMBERINGS),
-    default=NUMBERINGS[0],
-    show_default=True,
-    help="Stream numbering rules (as for analyze).",
-)
-@click.option("--color/--no-color", default=None, help="Force colour on or off.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@stuck_after_option
+@numbering_option
+@color_option
+@quiet_option
+@debug_option
 def command(
     *,
     capture: str,
