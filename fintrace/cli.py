@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO, cast
@@ -213,11 +214,34 @@ def render_parts(
     renderer.end(run)
 
 
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt, as by default, and is remembered.
+
+    Python swallows an exception raised in a finalizer (a generator closed as
+    it is freed, say) and only prints "Exception ignored"; a Ctrl-C that lands
+    there must still end the command with status 130.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _errors(debug: bool) -> Iterator[None]:
     """One exit point: a one-line error and status 2, or 130 on Ctrl-C."""
+    interrupts = _Interrupts()
+    try:
+        previous = signal.signal(signal.SIGINT, interrupts)
+    except ValueError:  # not the main thread: Ctrl-C cannot reach us here
+        previous = None
     try:
         yield
+        if interrupts.seen:
+            raise KeyboardInterrupt
     except FintraceError as exc:
         if debug:
             raise
@@ -247,6 +271,9 @@ def _errors(debug: bool) -> Iterator[None]:
             message = f"<stdout>: cannot write output ({exc.strerror})"
         click.echo(f"fintrace: error: {message}", err=True)
         sys.exit(ExitCode.BAD_INPUT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _silence_stdout() -> None:

@@ -23,7 +23,7 @@ import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -34,6 +34,9 @@ from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.reassembly import MAX_PENDING, Reassembler
 
 from conftest import CAPTURES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DEMO = CAPTURES / "demo.pcap"
 T0 = 1_700_000_000
@@ -992,8 +995,9 @@ def _has_open(pid: int, path: Path) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the run start")
 def test_ctrl_c_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
     cap = _slow_capture(tmp_path)
-    # The same file ten times over: one run long enough to be interrupted.
-    args = ["analyze", "-q", "--format", "jsonl", *[str(cap)] * 10]
+    # The same file forty times over (about 25 s): a run still busy when the
+    # signal comes, however loaded the machine.
+    args = ["analyze", "-q", "--format", "jsonl", *[str(cap)] * 40]
     proc = subprocess.Popen(
         [sys.executable, "-m", "fintrace", *args],
         stdout=subprocess.DEVNULL,
@@ -1014,6 +1018,31 @@ def test_ctrl_c_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130
     assert stderr == "fintrace: interrupted\n"
+
+
+def test_ctrl_c_swallowed_by_a_finalizer_still_ends_with_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python drops an exception raised in a finalizer; a Ctrl-C there still ends the run."""
+    from fintrace.cli import _errors
+
+    swallowed: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+
+    def closes_on_free() -> Iterator[int]:
+        try:
+            yield 1
+        finally:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while the generator is freed
+
+    with pytest.raises(SystemExit) as exc, _errors(debug=False):
+        gen = closes_on_free()
+        next(gen)
+        del gen
+    assert swallowed == [KeyboardInterrupt]
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "fintrace: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # -- warnings reach the user whatever the format ---------------------------------------------------
