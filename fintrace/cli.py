@@ -234,9 +234,15 @@ class _Interrupts:
 def _errors(debug: bool) -> Iterator[None]:
     """One exit point: a one-line error and status 2, or 130 on Ctrl-C."""
     interrupts = _Interrupts()
-    try:
-        previous = signal.signal(signal.SIGINT, interrupts)
-    except ValueError:  # not the main thread: Ctrl-C cannot reach us here
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        # Python's own handler only: a Ctrl-C ignored by whoever started us
+        # (a background job of a shell script) stays ignored.
+        try:
+            signal.signal(signal.SIGINT, interrupts)
+        except ValueError:  # not the main thread: Ctrl-C cannot reach us here
+            previous = None
+    else:
         previous = None
     try:
         yield

@@ -998,12 +998,18 @@ def test_ctrl_c_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
     # The same file forty times over (about 25 s): a run still busy when the
     # signal comes, however loaded the machine.
     args = ["analyze", "-q", "--format", "jsonl", *[str(cap)] * 40]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fintrace", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A shell's background job (pytest ... &) ignores Ctrl-C, and a child
+    # inherits that; a handled signal is reset to the default at exec.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fintrace", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         deadline = time.monotonic() + 30
         while not _has_open(proc.pid, cap) and time.monotonic() < deadline:
@@ -1021,13 +1027,18 @@ def test_ctrl_c_ends_with_130_and_no_traceback(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_swallowed_by_a_finalizer_still_ends_with_130(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Python drops an exception raised in a finalizer; a Ctrl-C there still ends the run."""
     from fintrace.cli import _errors
 
     swallowed: list[type[BaseException] | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+    # As in a terminal, whatever ran pytest.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
 
     def closes_on_free() -> Iterator[int]:
         try:
@@ -1042,7 +1053,17 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_ends_with_130(
     assert swallowed == [KeyboardInterrupt]
     assert exc.value.code == 130
     assert capsys.readouterr().err == "fintrace: interrupted\n"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_ignored_by_the_parent_stays_ignored(request: pytest.FixtureRequest) -> None:
+    from fintrace.cli import _errors
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, before))
+    with _errors(debug=False):
+        signal.raise_signal(signal.SIGINT)  # ignored: no exit
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 # -- warnings reach the user whatever the format ---------------------------------------------------
