@@ -39,6 +39,7 @@ the verdict it might have changed was already given.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -90,23 +91,16 @@ class Tombstone:
         return self
 
 
-class Frozen:
-    """An idle open connection, kept as :func:`~fintrace.tracker.freeze` bytes."""
+#: Before a frozen connection's :func:`~fintrace.tracker.freeze` bytes: its file
+#: index and stream (to put it in order at the end without thawing it) and
+#: whether side a sent from the lower of the two flow keys, the one it is filed under.
+_FROZEN_HEAD = struct.Struct("<IIB")
 
-    __slots__ = ("blob", "capture", "key_a", "key_b", "stream")
 
-    quiet = False
-
-    def __init__(self, conn: Tracker) -> None:
-        self.stream = conn.stream
-        self.capture = conn.capture
-        self.key_a = conn.a.key
-        self.key_b = conn.b.key
-        self.blob = freeze(conn)
-
-    @property
-    def conn(self) -> Frozen:
-        return self
+def _lower_key(key: bytes) -> tuple[bytes, bytes]:
+    """The lower of a flow key and its reverse (a frozen connection's key), then the other."""
+    rkey = reverse_key(key)
+    return (key, rkey) if key < rkey else (rkey, key)
 
 
 class FlowTable:
@@ -126,7 +120,10 @@ class FlowTable:
         #: Seconds after its last packet a finished 4-tuple is remembered.
         self.remember = max(remember, linger)
         self.numbering_44 = numbering == "wireshark-4.4"
-        self.table: dict[bytes, Half | Tombstone | Frozen] = {}
+        self.table: dict[bytes, Half | Tombstone] = {}
+        #: Idle open connections as bytes, filed once, under the lower of their
+        #: two flow keys: a segment finds one only when it misses :attr:`table`.
+        self.frozen: dict[bytes, bytes] = {}
         #: Live connections in order of creation (a dict used as an ordered set).
         self.live: dict[Tracker, None] = {}
         self._lingering: deque[tuple[float, Tracker]] = deque()
@@ -193,7 +190,7 @@ class FlowTable:
 
     def _slow(
         self,
-        h: Half | Tombstone | Frozen | None,
+        h: Half | Tombstone | None,
         frame: int,
         ts: float,
         key: bytes,
@@ -216,8 +213,8 @@ class FlowTable:
                 self._next_freeze = ts + FREEZE_AFTER
                 self._freeze_idle(ts)
                 h = self.table.get(key)
-        if isinstance(h, Frozen):
-            h = self._thaw(h, key)
+        if h is None and self.frozen:
+            h = self._thaw(key)
         if isinstance(h, Tombstone):
             tomb = h
             reuse = None
@@ -297,24 +294,33 @@ class FlowTable:
         """Open connections with no packet for :data:`FREEZE_AFTER` s become bytes."""
         limit = now - FREEZE_AFTER
         idle = [c for c in self.live if c.last_ts <= limit and not c.terminal and c.trace is None]
-        table = self.table
+        frozen = self.frozen
+        head = _FROZEN_HEAD.pack
         for conn in idle:
             self._remove(conn)
-            f = Frozen(conn)
-            table[f.key_a] = table[f.key_b] = f
+            key_a = conn.a.key
+            key_b = conn.b.key
+            lower_a = key_a < key_b
+            blob = head(conn.capture, conn.stream, lower_a) + freeze(conn)
+            frozen[key_a if lower_a else key_b] = blob
             # Break the tracker's cycles: the collector is paused.
             conn.a.peer = conn.b.peer = conn.a.conn = conn.b.conn = None  # type: ignore[assignment]
             conn.first_fin = conn.rst_from = None
             conn.transitions = []
 
-    def _thaw(self, f: Frozen, key: bytes) -> Half:
-        conn = thaw(f.blob, f.key_a, f.key_b)
-        self.table[f.key_a] = conn.a
-        self.table[f.key_b] = conn.b
+    def _thaw(self, key: bytes) -> Half | None:
+        """The side sending from ``key`` of its frozen connection, thawed; None without one."""
+        lower, upper = _lower_key(key)
+        blob = self.frozen.pop(lower, None)
+        if blob is None:
+            return None
+        conn = _thaw_filed(lower, upper, blob)
+        self.table[conn.a.key] = conn.a
+        self.table[conn.b.key] = conn.b
         self.live[conn] = None
         if conn.terminal:
             self._lingering.append((conn.last_ts + self.linger, conn))
-        return conn.a if key == f.key_a else conn.b
+        return conn.a if key == conn.a.key else conn.b
 
     def _bury(self, tomb: Tombstone) -> None:
         table = self.table
@@ -362,15 +368,11 @@ class FlowTable:
 
     def drain(self) -> Iterator[Tracker]:
         """:meth:`finish` one connection at a time: frozen ones thaw as they come."""
-        rest: list[tuple[int, int, Tracker | Frozen]] = [
-            (c.capture, c.stream, c) for c in self.live
-        ]
-        # Frozen connections are only in the table (filed twice: once here).
-        rest += (
-            (f.capture, f.stream, f)
-            for k, f in self.table.items()
-            if type(f) is Frozen and k == f.key_a
-        )
+        rest: list[tuple[int, int, Tracker | bytes]] = [(c.capture, c.stream, c) for c in self.live]
+        head = _FROZEN_HEAD.unpack_from
+        rest += ((*head(blob)[:2], lower) for lower, blob in self.frozen.items())
+        frozen = self.frozen
+        self.frozen = {}
         self.live.clear()
         self._lingering.clear()
         self._tombs.clear()
@@ -379,4 +381,15 @@ class FlowTable:
         rest.reverse()  # popped from the end: each leaves the list as it is given out
         while rest:
             _, _, c = rest.pop()
-            yield thaw(c.blob, c.key_a, c.key_b) if isinstance(c, Frozen) else c
+            if isinstance(c, bytes):
+                yield _thaw_filed(c, reverse_key(c), frozen.pop(c))
+            else:
+                yield c
+
+
+def _thaw_filed(lower: bytes, upper: bytes, blob: bytes) -> Tracker:
+    """The tracker of a frozen connection filed under ``lower``."""
+    lower_a = blob[_FROZEN_HEAD.size - 1]
+    return thaw(
+        memoryview(blob)[_FROZEN_HEAD.size :], *((lower, upper) if lower_a else (upper, lower))
+    )

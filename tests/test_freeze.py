@@ -10,12 +10,14 @@ capture in ``captures/`` and the shared corpus gives the same output.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fintrace import flowtable
+from fintrace.decode import ACK, SYN, Segment
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
 from fintrace.tracker import Tracker, freeze, thaw
@@ -87,6 +89,9 @@ def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
     for conn in analyze_trackers:
         copy = thaw(freeze(conn), conn.a.key, conn.b.key)
         assert state(copy) == state(conn)
+        # Types too (0 is not 0.0 nor False in the output): values left out
+        # of the frozen form come back as they were.
+        assert repr(state(copy)) == repr(state(conn))
         assert copy.a.peer is copy.b and copy.b.conn is copy
         for h, _, _, _ in copy.transitions:
             assert h is copy.a or h is copy.b
@@ -108,6 +113,64 @@ def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
         tracemalloc.stop()
     assert len(blobs) == len(copies)
     assert frozen < objects / 2, (frozen, objects)
+
+
+def _ipv4_key(src: int, dst: int, sport: int, dport: int) -> bytes:
+    return struct.pack(">IIHH", src, dst, sport, dport)
+
+
+@pytest.mark.parametrize(
+    "client_lower", [True, False], ids=["client-key-lower", "server-key-lower"]
+)
+@pytest.mark.parametrize("thawed_by", ["client", "server"])
+def test_a_frozen_connection_is_filed_once_and_thawed_from_either_side(
+    client_lower: bool, thawed_by: str
+) -> None:
+    low, high = 0x0A000001, 0x0A000002
+    c_ip, s_ip = (low, high) if client_lower else (high, low)
+    client = _ipv4_key(c_ip, s_ip, 40000, 80)
+    server = _ipv4_key(s_ip, c_ip, 80, 40000)
+    assert (client < server) is client_lower
+    table = flowtable.FlowTable()
+    segs: list[Segment] = [
+        (1, 0.0, client, 1000, 0, SYN, 0, 64240, 7),
+        (2, 0.001, server, 5000, 1001, SYN | ACK, 0, 65160, 7),
+        (3, 0.002, client, 1001, 5001, ACK, 0, 502, -1),
+        # Another connection 40 s later: the first has been idle past FREEZE_AFTER.
+        (4, 40.0, _ipv4_key(0x0A000009, s_ip, 40001, 80), 7, 0, SYN, 0, 64240, 7),
+    ]
+    assert not list(table.consume(segs))
+    assert table.frozen.keys() == {min(client, server)}
+    assert client not in table.table and server not in table.table
+    late = (5, 41.0, client, 1001, 5001, ACK, 10, 502, -1)
+    if thawed_by == "server":
+        late = (5, 41.0, server, 5001, 1011, ACK, 10, 510, -1)
+    assert not list(table.consume([late]))
+    assert not table.frozen
+    conns = table.finish()
+    assert [c.stream for c in conns] == [0, 1]
+    conn = conns[0]
+    assert (conn.a.key, conn.b.key) == (client, server)
+    assert conn.packets == 4 and conn.last_frame == 5
+    sender = conn.a if thawed_by == "client" else conn.b
+    # SYN and ACK, or SYN+ACK, before; the late data segment after.
+    assert sender.bytes == 10 and sender.packets == (3 if thawed_by == "client" else 2)
+
+
+def test_frozen_and_live_connections_end_in_stream_order() -> None:
+    server = 0x0A000063
+    table = flowtable.FlowTable()
+    segs: list[Segment] = []
+    # Streams 0, 2 and 4 go idle (frozen at 40 s); 1, 3 and 5 keep sending.
+    for i in range(6):
+        segs.append((i + 1, 0.0, _ipv4_key(0x0A000001 + i, server, 40000, 80), 9, 0, SYN, 0, 1, 7))
+    for n, i in enumerate((1, 3, 5)):
+        key = _ipv4_key(0x0A000001 + i, server, 40000, 80)
+        segs.append((10 + n, 40.0 + n, key, 9, 0, SYN, 0, 1, 7))
+    list(table.consume(segs))
+    assert len(table.frozen) == 3
+    assert [c.stream for c in table.finish()] == [0, 1, 2, 3, 4, 5]
+    assert not table.frozen and not table.table
 
 
 @pytest.fixture
