@@ -26,7 +26,9 @@ Streams are numbered exactly as Wireshark 4.0 (``packet-tcp.c``) numbers
 Finished connections leave the table: a connection superseded by a new
 stream on its 4-tuple at once, a closed or reset one when ``linger`` seconds
 of packet time pass without a packet on it, so memory follows the
-connections open at once. Open connections stay until the capture ends.
+connections open at once. Open connections stay until the capture ends;
+those idle for :data:`FREEZE_AFTER` seconds are kept as bytes meanwhile, in
+:attr:`FlowTable.frozen`.
 
 A connection that left after ``linger`` leaves a :class:`Tombstone` behind
 for ``remember`` seconds more (by default 2×MSL, the TIME_WAIT span): a few

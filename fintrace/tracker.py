@@ -576,14 +576,14 @@ def _put_back(values: list[Any], defaults: tuple[object, ...]) -> list[Any]:
 
 
 def freeze(conn: Tracker) -> bytes:
-    """The tracker, but for its flow keys, as one bytes object (about 270 bytes, from 2.7 KB).
+    """The tracker, but for its flow keys, as one bytes object (about 160 bytes, from 2.7 KB).
 
     For a connection that has gone idle and may stay so until the capture
     ends: :func:`thaw` gives back an equal tracker when a segment comes.
     Traced connections (``show``) are not frozen. The flow keys stay with
-    the caller (the table keeps them anyway); states are numbers and the
-    transitions one flat list of (side × 16 + state, frame, ts); the
-    ``marshal`` bytes of all that are deflated.
+    the caller; states are numbers, values a new tracker starts with are
+    None, and the transitions one flat list of (side × 16 + state, frame,
+    ts); the ``marshal`` bytes of all that are deflated from :data:`_ZDICT`.
     """
     deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
     return deflate.compress(_marshalled(conn)) + deflate.flush()
