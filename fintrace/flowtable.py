@@ -94,9 +94,11 @@ class Tombstone:
 
 
 #: Before a frozen connection's :func:`~fintrace.tracker.freeze` bytes: its file
-#: index and stream (to put it in order at the end without thawing it) and
-#: whether side a sent from the lower of the two flow keys, the one it is filed under.
-_FROZEN_HEAD = struct.Struct("<IIB")
+#: index and stream, big-endian so that the bytes sort in that order (the end
+#: of the capture puts them in order without thawing them or making a key for
+#: each), and whether side a sent from the lower of the two flow keys, the one
+#: it is filed under.
+_FROZEN_HEAD = struct.Struct(">IIB")
 
 
 def _lower_key(key: bytes) -> tuple[bytes, bytes]:
@@ -370,23 +372,28 @@ class FlowTable:
 
     def drain(self) -> Iterator[Tracker]:
         """:meth:`finish` one connection at a time: frozen ones thaw as they come."""
-        rest: list[tuple[int, int, Tracker | bytes]] = [(c.capture, c.stream, c) for c in self.live]
-        head = _FROZEN_HEAD.unpack_from
-        rest += ((*head(blob)[:2], lower) for lower, blob in self.frozen.items())
+        live = sorted(self.live, key=lambda c: (c.capture, c.stream))
         frozen = self.frozen
+        # Sorted by their bytes, which begin with file and stream (unique): one
+        # list of the keys, nothing made per connection (there may be 100,000s).
+        keys = sorted(frozen, key=frozen.__getitem__)
         self.frozen = {}
         self.live.clear()
         self._lingering.clear()
         self._tombs.clear()
         self.table.clear()
-        rest.sort(key=lambda r: (r[0], r[1]))
-        rest.reverse()  # popped from the end: each leaves the list as it is given out
-        while rest:
-            _, _, c = rest.pop()
-            if isinstance(c, bytes):
-                yield _thaw_filed(c, reverse_key(c), frozen.pop(c))
-            else:
-                yield c
+        # Both popped from the end: each connection leaves its list as it is given out.
+        live.reverse()
+        keys.reverse()
+        order = _FROZEN_HEAD.unpack_from
+        while live or keys:
+            if keys:
+                capture, stream, _ = order(frozen[keys[-1]])
+                if not live or (capture, stream) < (live[-1].capture, live[-1].stream):
+                    lower = keys.pop()
+                    yield _thaw_filed(lower, reverse_key(lower), frozen.pop(lower))
+                    continue
+            yield live.pop()
 
 
 def _thaw_filed(lower: bytes, upper: bytes, blob: bytes) -> Tracker:

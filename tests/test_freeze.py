@@ -161,15 +161,16 @@ def test_frozen_and_live_connections_end_in_stream_order() -> None:
     server = 0x0A000063
     table = flowtable.FlowTable()
     segs: list[Segment] = []
-    # Streams 0, 2 and 4 go idle (frozen at 40 s); 1, 3 and 5 keep sending.
-    for i in range(6):
-        segs.append((i + 1, 0.0, _ipv4_key(0x0A000001 + i, server, 40000, 80), 9, 0, SYN, 0, 1, 7))
-    for n, i in enumerate((1, 3, 5)):
-        key = _ipv4_key(0x0A000001 + i, server, 40000, 80)
-        segs.append((10 + n, 40.0 + n, key, 9, 0, SYN, 0, 1, 7))
+    # 600 streams (numbers of one, two and three bytes): the even ones go idle
+    # (frozen at 40 s), the odd ones keep sending.
+    keys = [_ipv4_key(0x0A000001 + i, server, 40000, 80) for i in range(600)]
+    segs += [(i + 1, 0.0, key, 9, 0, SYN, 0, 1, 7) for i, key in enumerate(keys)]
+    segs += [
+        (1000 + i, 40.0 + i / 1000, key, 9, 0, SYN, 0, 1, 7) for i, key in enumerate(keys) if i % 2
+    ]
     list(table.consume(segs))
-    assert len(table.frozen) == 3
-    assert [c.stream for c in table.finish()] == [0, 1, 2, 3, 4, 5]
+    assert len(table.frozen) == 300
+    assert [c.stream for c in table.finish()] == list(range(600))
     assert not table.frozen and not table.table
 
 
