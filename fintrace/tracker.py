@@ -24,6 +24,7 @@ what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 from __future__ import annotations
 
 import marshal
+import operator
 import zlib
 from typing import Any
 
@@ -537,6 +538,9 @@ _TRACKER_SLOTS = tuple(
     s for s in Tracker.__slots__ if s not in ("a", "b", "anomalies", "transitions", "trace")
 )
 _HALF_REFS = ("first_fin", "rst_from")
+_HALF_REF_SLOTS = tuple(_TRACKER_SLOTS.index(name) for name in _HALF_REFS)
+_HALF_VALUES = operator.attrgetter(*_HALF_SLOTS)
+_TRACKER_VALUES = operator.attrgetter(*_TRACKER_SLOTS)
 #: States by number in the frozen form (a small int costs less than a name).
 _STATE_LIST = tuple(State)
 _STATE_CODE = {s: i for i, s in enumerate(_STATE_LIST)}
@@ -593,13 +597,12 @@ def _marshalled(conn: Tracker) -> bytes:
     a, b = conn.a, conn.b
     halves = []
     for h in (a, b):
-        v = [getattr(h, s) for s in _HALF_SLOTS]
+        v = list(_HALF_VALUES(h))
         st = h.state
         v[_STATE_SLOT] = -1 if st is None else _STATE_CODE[st]
         halves.append(_leave_out(v, _HALF_DEFAULTS))
-    t = [getattr(conn, s) for s in _TRACKER_SLOTS]
-    for name in _HALF_REFS:
-        i = _TRACKER_SLOTS.index(name)
+    t = list(_TRACKER_VALUES(conn))
+    for i in _HALF_REF_SLOTS:
         t[i] = None if t[i] is None else (0 if t[i] is a else 1)
     t = _leave_out(t, _TRACKER_DEFAULTS)
     anomalies = None if conn.anomalies is None else {str(k): n for k, n in conn.anomalies.items()}
