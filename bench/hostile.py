@@ -2,6 +2,7 @@
 
     python bench/hostile.py                       # 1,000,000 connections each
     python bench/hostile.py --connections 100000 --explain
+    python bench/hostile.py --rate 2000           # 500 s each: idle ones frozen
 
 writes two captures to ``--out-dir`` (default ``bench/out``) with ``struct``
 (about 3 s per million packets), then runs
@@ -10,7 +11,7 @@ empty capture, measuring wall time and peak RSS of each run (``wait4``):
 
 * ``syn_flood.pcap``: one SYN from each of N distinct 4-tuples (spoofed
   sources 10.128.0.0/9, ports 1024-65535, to 10.0.0.10:80), 100,000 SYNs a
-  second. Nothing answers: every 4-tuple is an ``attempt`` that stays in the
+  second (``--rate``). Nothing answers: every 4-tuple is an ``attempt`` that stays in the
   flow table to the end of the capture.
 * ``never_closed.pcap``: N connections, each a complete handshake (SYN,
   SYN+ACK, ACK) that never closes: N ``open`` connections, 3N packets.
@@ -65,7 +66,7 @@ def _client(i: int) -> tuple[bytes, int]:
     return addr.to_bytes(4, "big"), 1024 + i % 64512
 
 
-def write_syn_flood(path: Path, n: int) -> None:
+def write_syn_flood(path: Path, n: int, rate: int = 100_000) -> None:
     template = bytearray(_segment(src=bytes(4), dst=SERVER, sport=0, dport=80, flags=0x02))
     with path.open("wb") as f:
         f.write(pcap_header())
@@ -74,7 +75,7 @@ def write_syn_flood(path: Path, n: int) -> None:
             src, sport = _client(i)
             template[26:30] = src
             struct.pack_into(">HHI", template, 34, sport, 80, (i * 7919) & 0xFFFFFFFF)
-            t = i * 10  # 10 µs apart: 100,000 SYNs a second
+            t = i * 1_000_000 // rate  # by default 10 µs apart: 100,000 SYNs a second
             out.append(REC.pack(T0 + t // 1_000_000, t % 1_000_000, 54, 54) + template)
             if len(out) == 65536:
                 f.write(b"".join(out))
@@ -82,7 +83,7 @@ def write_syn_flood(path: Path, n: int) -> None:
         f.write(b"".join(out))
 
 
-def write_never_closed(path: Path, n: int) -> None:
+def write_never_closed(path: Path, n: int, rate: int = 100_000) -> None:
     syn = bytearray(_segment(src=bytes(4), dst=SERVER, sport=0, dport=80, flags=0x02))
     synack = bytearray(_segment(src=SERVER, dst=bytes(4), sport=80, dport=0, flags=0x12))
     ack = bytearray(_segment(src=bytes(4), dst=SERVER, sport=0, dport=80, flags=0x10))
@@ -100,7 +101,7 @@ def write_never_closed(path: Path, n: int) -> None:
             struct.pack_into(
                 ">HHII", ack, 34, sport, 80, (cisn + 1) & 0xFFFFFFFF, (sisn + 1) & 0xFFFFFFFF
             )
-            t = i * 10
+            t = i * 1_000_000 // rate
             for k, pkt in enumerate((syn, synack, ack)):
                 tt = t + k * 3
                 out.append(REC.pack(T0 + tt // 1_000_000, tt % 1_000_000, 54, 54) + pkt)
@@ -187,6 +188,13 @@ def _explain_one(name: str, path: Path, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--connections", type=int, default=1_000_000)
+    ap.add_argument(
+        "--rate",
+        type=int,
+        default=100_000,
+        help="connections a second (default 100,000: 10 s for a million, before any is idle\n"
+        "for the 30 s after which fintrace freezes it; 10,000 or fewer shows freezing)",
+    )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--keep", action="store_true", help="keep the generated captures")
     ap.add_argument("--explain", action="store_true", help="break the bytes per connection down")
@@ -199,10 +207,10 @@ def main() -> None:
     empty.write_bytes(pcap_header())
     flood, never = out_dir / "syn_flood.pcap", out_dir / "never_closed.pcap"
     t = time.perf_counter()
-    write_syn_flood(flood, n)
-    write_never_closed(never, n)
-    print(f"generated {n:,} SYNs and {n:,} never-closed connections in "
-          f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+    write_syn_flood(flood, n, args.rate)
+    write_never_closed(never, n, args.rate)
+    print(f"generated {n:,} SYNs and {n:,} never-closed connections, {args.rate:,} a second "
+          f"({n / args.rate:,.0f} s of traffic), in {time.perf_counter() - t:.1f} s")  # fmt: skip
     base = measure(empty)
     rows = [base]
     print(f"{'capture':<20} {'packets':>10} {'wall s':>8} {'peak RSS MB':>12} {'B/conn':>8}")
