@@ -8,6 +8,8 @@ collector paused, as ``analyze`` pauses it), and prints the best of
 
 * ``read``: the reader's records, nothing decoded;
 * ``decode``: read and decode to segments;
+* ``lookup``: read, decode and one dictionary lookup per segment by its flow
+  key, and nothing else: the floor under any pure-Python flow table;
 * ``table``: read, decode and the flow table with its state trackers (every
   connection finished, none classified);
 * ``finish``: classify, build the records, aggregate (the Zeek
@@ -15,9 +17,11 @@ collector paused, as ``analyze`` pauses it), and prints the best of
   the table stage gave;
 * ``render``: the jsonl text of those records.
 
-The first three are cumulative, the last two are not; their sum is about
-what ``fintrace analyze --format jsonl`` takes. Not a test: a measurement,
-for ``docs/performance.md``.
+``read``, ``decode`` and ``table`` each include the stage before, and
+``lookup`` is ``decode`` with the lookups added; ``finish`` and ``render``
+are on their own. table + finish + render is about what ``fintrace analyze
+--format jsonl`` takes. Not a test: a measurement, for
+``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,17 @@ def decode(path: str) -> int:
     return n
 
 
+def lookup(path: str) -> int:
+    skipped: Counter[str] = Counter()
+    seen: dict[bytes, int] = {}
+    get = seen.get
+    with CaptureFile(path) as cap:
+        for seg in segments(cap.records(), DecodeStats(skipped), Reassembler(skipped)):
+            if get(seg[2]) is None:
+                seen[seg[2]] = 1
+    return len(seen)
+
+
 def table(path: str, options: AnalyzeOptions) -> list[Tracker]:
     skipped: Counter[str] = Counter()
     t = FlowTable(linger=options.linger_s, remember=options.remember_s)
@@ -88,6 +103,7 @@ def main() -> None:
     gc.disable()
     t_read, packets = best(a.rounds, lambda: read(path))
     t_decode, segs = best(a.rounds, lambda: decode(path))
+    t_lookup, keys = best(a.rounds, lambda: lookup(path))
     t_table, _ = best(a.rounds, lambda: len(table(path, options)))
 
     # Trackers are released as they are finished: each round needs its own.
@@ -109,6 +125,7 @@ def main() -> None:
     rows = [
         ("read", t_read, f"{packets:,} records"),
         ("+ decode", t_decode, f"{segs:,} segments"),
+        ("+ one dict lookup per segment (floor)", t_lookup, f"{keys:,} flow keys"),
         ("+ flow table and trackers", t_table, f"{conns:,} connections"),
         (
             "finish (classify, records, aggregate)",
