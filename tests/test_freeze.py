@@ -62,6 +62,31 @@ def test_freezing_every_idle_connection_changes_nothing(
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
 
 
+def test_freezing_changes_nothing_across_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rotated ring buffer read as one capture: connections carried from
+    # file to file, frozen in one and thawed in the next.
+    ring = CAPTURES / "formats" / "ring"
+    paths = tuple(str(ring / f"ring_{i}.pcap") for i in (1, 2, 0))
+
+    def run() -> list[dict[str, Any]]:
+        r = analyze(AnalyzeOptions(paths=paths))
+        return [connection_dict(c) for c in r.connections()]
+
+    want = run()
+    frozen: list[int] = []
+    real_freeze = flowtable.freeze
+
+    def counting_freeze(conn: Tracker) -> bytes:
+        frozen.append(conn.stream)
+        return real_freeze(conn)
+
+    monkeypatch.setattr(flowtable, "freeze", counting_freeze)
+    monkeypatch.setattr(flowtable, "FREEZE_AFTER", 0.0)
+    got = run()
+    assert frozen  # the test froze something
+    assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+
+
 def test_idle_connections_of_the_incident_are_frozen_with_the_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -172,6 +197,28 @@ def test_frozen_and_live_connections_end_in_stream_order() -> None:
     assert len(table.frozen) == 300
     assert [c.stream for c in table.finish()] == list(range(600))
     assert not table.frozen and not table.table
+
+
+def test_frozen_connections_of_several_files_end_in_file_then_stream_order() -> None:
+    server = 0x0A000063
+    table = flowtable.FlowTable()
+    keys = [_ipv4_key(0x0A000001 + i, server, 40000, 80) for i in range(9)]
+    # File 0: streams 0-3; file 1 numbers again from 0: streams 0-3, then 4
+    # for file 0's stream 2 carried over, then 5.
+    list(table.consume([(i + 1, 0.0, keys[i], 9, 0, SYN, 0, 1, 7) for i in range(4)]))
+    table.begin_file(1)
+    segs: list[Segment] = [(i + 1, 1.0, keys[4 + i], 9, 0, SYN, 0, 1, 7) for i in range(4)]
+    # Stream 2 of file 0 sends again in file 1 (a span there), then all but
+    # file 1's stream 4 go idle and are frozen at 45 s.
+    segs.append((5, 2.0, keys[2], 9, 0, SYN, 0, 1, 7))
+    segs.append((6, 45.0, keys[8], 9, 0, SYN, 0, 1, 7))
+    list(table.consume(segs))
+    assert len(table.frozen) == 8
+    done = table.finish()
+    # In the order of the file each began in, then of their stream there.
+    began = [(c.capture, c.stream) for c in done]
+    assert began == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (1, 5)]
+    assert [s[:2] for s in done[2].spans()] == [(0, 2), (1, 4)]
 
 
 @pytest.fixture
