@@ -619,9 +619,7 @@ def segments(
     Frames are numbered from 1 in record order. ``general_only`` sends every
     packet through :func:`decode_packet` (the tests prove both paths agree).
     """
-    if general_only:
-        yield from _general_segments(records, stats, frags)
-        return
+    fast = not general_only
     e4 = _E4
     f4 = _F4
     f6 = _F6
@@ -633,37 +631,22 @@ def segments(
             frame += 1
             if frame == 1:
                 stats.first_ts = ts
-            # Fast path. Ethernet + IPv4 (most traffic) in one unpack.
-            if lt == LT_ETHERNET:
+            # Fast path: where the IP header starts and its version (0: none).
+            if not fast:
+                ver = 0
+            elif lt == LT_ETHERNET:
+                ip = off + 14
                 if caplen >= 54:
+                    # Ethernet + IPv4 (most traffic): ethertype, IP and TCP in one unpack.
                     et, vihl, total, frag, proto, seq, ack, offb, flags, win = e4(buf, off)
                     if et == ET_IPV4:
-                        if (
-                            vihl == 0x45
-                            and proto == 6
-                            and not frag & 0x3FFF
-                            and offb >= 0x50
-                            and 40 <= total <= origlen - 14
-                        ):
-                            hlen = (offb >> 4) << 2
-                            plen = total - 20 - hlen
-                            if plen >= 0:
-                                key = buf[off + 26 : off + 38]
-                                if not flags & SYN:
-                                    yield frame, ts, key, seq, ack, flags, plen, win, -1
-                                    continue
-                                ws = _syn_window_scale(buf, off + 34, hlen, off + caplen)
-                                if ws is not None:
-                                    yield frame, ts, key, seq, ack, flags, plen, win, ws
-                                    continue
-                        ver = 0
+                        ver = 4
                     elif et == ET_IPV6 and caplen >= 74:
                         ver = 6
                     else:
                         ver = 0
                 else:
                     ver = 0
-                ip = off + 14
             elif lt == LT_LINUX_SLL:
                 ip = off + 16
                 if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
@@ -688,11 +671,11 @@ def segments(
                 elif lt == LT_IPV6 and ver != 6:
                     ver = 0  # the general path says what is wrong
             else:
-                ip = off
                 ver = 0
             if ver == 4:
                 hdr = ip - off
-                vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
+                if lt != LT_ETHERNET:  # Ethernet's unpack read these already
+                    vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
                 # TCP right after a 20-byte header, not a fragment, lengths that
                 # add up inside the frame, a SYN's options all captured.
                 if (
@@ -735,28 +718,6 @@ def segments(
                             yield frame, ts, key, seq, ack, flags, plen, win, ws
                             continue
             # General path.
-            d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
-            if type(d) is Decoded:
-                yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
-            else:
-                skipped[d] += 1  # type: ignore[index]
-    finally:
-        stats.frames = frame
-        if frame:
-            stats.last_ts = ts
-
-
-def _general_segments(
-    records: Iterator[Record], stats: DecodeStats, frags: Reassembler
-) -> Iterator[Segment]:
-    skipped = stats.skipped
-    frame = 0
-    ts = 0.0
-    try:
-        for ts, buf, off, caplen, origlen, lt in records:
-            frame += 1
-            if frame == 1:
-                stats.first_ts = ts
             d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
             if type(d) is Decoded:
                 yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
