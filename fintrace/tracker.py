@@ -657,6 +657,15 @@ def _example(*segments: tuple[int, float, int, int, int, int, int, int]) -> byte
     return _marshalled(conn)
 
 
+#: A handshake, then data both ways: how the usual idle connection began.
+_OPENED = (
+    (0, 1700000000.123456, 2862115715, 0, SYN, 0, 64240, 7),
+    (1, 1700000000.123789, 1759955981, 2862115716, SYN | ACK, 0, 65160, 7),
+    (0, 1700000000.124012, 2862115716, 1759955982, ACK, 0, 502, -1),
+    (0, 1700000000.124345, 2862115716, 1759955982, ACK, 517, 502, -1),
+    (1, 1700000000.125678, 1759955982, 2862116233, ACK, 1448, 501, -1),
+)
+
 #: What frozen trackers share (list layout, slot order, the usual values), as
 #: deflate's preset dictionary: three idle connections of the usual shapes,
 #: made here so that it follows the slots. Changing it makes blobs frozen
@@ -664,22 +673,12 @@ def _example(*segments: tuple[int, float, int, int, int, int, int, int]) -> byte
 _ZDICT = b"".join(
     (
         # A SYN nobody answered.
-        _example((0, 1700000000.123456, 2862115715, 0, SYN, 0, 64240, 7)),
-        # Established, data both ways, then quiet.
-        _example(
-            (0, 1700000000.123456, 2862115715, 0, SYN, 0, 64240, 7),
-            (1, 1700000000.123789, 1759955981, 2862115716, SYN | ACK, 0, 65160, 7),
-            (0, 1700000000.124012, 2862115716, 1759955982, ACK, 0, 502, -1),
-            (0, 1700000000.124345, 2862115716, 1759955982, ACK, 517, 502, -1),
-            (1, 1700000000.125678, 1759955982, 2862116233, ACK, 1448, 501, -1),
-        ),
+        _example(_OPENED[0]),
+        # Established, then quiet.
+        _example(*_OPENED),
         # The client closed; the server never did (CLOSE_WAIT).
         _example(
-            (0, 1700000000.123456, 2862115715, 0, SYN, 0, 64240, 7),
-            (1, 1700000000.123789, 1759955981, 2862115716, SYN | ACK, 0, 65160, 7),
-            (0, 1700000000.124012, 2862115716, 1759955982, ACK, 0, 502, -1),
-            (0, 1700000000.124345, 2862115716, 1759955982, ACK, 517, 502, -1),
-            (1, 1700000000.125678, 1759955982, 2862116233, ACK, 1448, 501, -1),
+            *_OPENED,
             (0, 1700000001.234567, 2862116233, 1759957430, FIN | ACK, 0, 502, -1),
             (1, 1700000001.234890, 1759957430, 2862116234, ACK, 0, 501, -1),
         ),
