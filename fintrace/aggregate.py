@@ -181,6 +181,12 @@ class _Events:
         self.port.append(port)
         self.values.append(value)
 
+    def extend(self, addrs: _Addresses, other: _Events, other_addrs: _Addresses) -> None:
+        """Add ``other``'s values after these (item by item, each item's in its order)."""
+        for item, values in other.items(other_addrs):
+            for value in values:
+                self.add(addrs, item, value)
+
     def items(self, addrs: _Addresses) -> Iterator[tuple[_Item, list[float]]]:
         """Each item with its values, in the order they were added."""
         pair, port, values = self.pair, self.port, self.values
@@ -635,9 +641,7 @@ class Aggregator:
         self.tw_holders.update(other.tw_holders)
         for ip, starts in other.tw_by_host.items():
             self.tw_by_host[ip].extend(starts)
-        for triple, held in other.tw_by_triple.items(other.addrs):
-            for start in held:
-                self.tw_by_triple.add(self.addrs, triple, start)
+        self.tw_by_triple.extend(self.addrs, other.tw_by_triple, other.addrs)
         self._merge_examples(self.reused, other.reused)
         self.reused_failed += other.reused_failed
         self.reuse_gaps.extend(other.reuse_gaps)
@@ -673,9 +677,7 @@ class Aggregator:
                 if mine.stuck_examples is None:
                     mine.stuck_examples = _Examples()
                 self._merge_examples(mine.stuck_examples, svc.stuck_examples)
-        for item, waits in other.waits.items(other.addrs):
-            for wait in waits:
-                self.waits.add(self.addrs, item, wait)
+        self.waits.extend(self.addrs, other.waits, other.addrs)
         for key, slow in other.slowest.items():
             slowest = self.slowest.get(key)
             if slowest is None:
