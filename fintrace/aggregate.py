@@ -69,7 +69,7 @@ import heapq
 import math
 from array import array
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from fintrace.model import CloseType, Connection, Role, State
@@ -95,6 +95,10 @@ class AggregateOptions:
     #: application that reads the peer's FIN promptly closes within
     #: milliseconds.
     slow_after: float = 1.0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Compiled (mypyc), pickle's default sets the fields one by one, which frozen forbids.
+        return (AggregateOptions, astuple(self))
 
 
 class _Examples:
@@ -620,6 +624,13 @@ class Aggregator:
                 "by_host": lost_by_host,
             },
         }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """For pickle (``--jobs`` workers send theirs back): built from its options, then its state.
+
+        Compiled (mypyc), a class is made through its ``__init__``, which needs the options.
+        """
+        return (Aggregator, (self.options,), self.__getstate__())
 
     def merge(self, other: Aggregator) -> None:
         """Add up ``other``'s connections as if they had come after this one's.

@@ -21,13 +21,11 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from fintrace.decode import ACK
 from fintrace.model import CloseType, ResetPhase, Role, State
-
-if TYPE_CHECKING:
-    from fintrace.tracker import Half, Tracker
+from fintrace.tracker import Half, Tracker
 
 
 class Roles(NamedTuple):

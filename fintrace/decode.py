@@ -25,13 +25,13 @@ import struct
 from typing import TYPE_CHECKING
 
 from fintrace.model import SkipReason
+from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
     from collections import Counter
     from collections.abc import Iterator
 
     from fintrace.reader import Record
-    from fintrace.reassembly import Reassembler
 
 #: ``(frame, ts, key, seq, ack, flags, payload_len, window, wscale)``.
 #: ``wscale`` is the window-scale option of a SYN, else -1. ``flags`` is the

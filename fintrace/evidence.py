@@ -24,14 +24,12 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from fintrace.decode import DecodeStats, segments
-from fintrace.model import Role
+from fintrace.model import Connection, Role, State
 from fintrace.reader import CaptureFile
 from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from fintrace.model import Connection, State
 
 
 def _raw(ip: str) -> bytes:

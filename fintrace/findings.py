@@ -45,11 +45,11 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from fintrace.model import NOT_A_LOSS, SkipReason
+from fintrace.pipeline import CaptureInfo
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from fintrace.pipeline import CaptureInfo
 
 #: How many items of one kind become findings; the rest are summed up.
 TOP = 5

@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment
-from fintrace.tracker import HALF, M32, Half, Tracker, freeze, thaw
+from fintrace.tracker import HALF, M32, Half, Tracker, freeze, release, thaw
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator
 
 #: Flags that keep a segment off the fast path: anything but a plain ACK.
 _FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
@@ -117,6 +117,7 @@ class FlowTable:
         remember: float = 0.0,
         numbering: str = "wireshark-4.4",
         trace: frozenset[int] | None = None,
+        freeze_after: float = FREEZE_AFTER,
     ) -> None:
         if numbering not in NUMBERINGS:
             raise ValueError(f"unknown numbering {numbering!r}")
@@ -133,6 +134,11 @@ class FlowTable:
         self._lingering: deque[tuple[float, Tracker]] = deque()
         self._tombs: deque[tuple[float, Tombstone]] = deque()
         self._next_freeze = 0.0
+        #: Seconds of packet time an open connection stays idle before it is frozen.
+        self.freeze_after = freeze_after
+        #: Connections frozen and thawed so far.
+        self.freezes = 0
+        self.thaws = 0
         #: Segments that reached a tombstone, per file index.
         self.late: dict[int, int] = {}
         self._next_check = 0.0
@@ -164,13 +170,12 @@ class FlowTable:
 
     def consume(self, segments: Iterable[Segment]) -> Iterator[Tracker]:
         """Feed segments; yield connections as they finish."""
-        # A tombstone is never quiet, so the hot loop only ever reads Halves
-        # and hands a tombstone to the slow path untouched.
-        get = cast("Callable[[bytes], Half | None]", self.table.get)
+        # A tombstone takes the slow path untouched.
+        get = self.table.get
         slow = self._slow
         for frame, ts, key, seq, ack, flags, plen, win, wscale in segments:
             h = get(key)
-            if h is not None and flags & _FAST_MASK == ACK:
+            if type(h) is Half and flags & _FAST_MASK == ACK:
                 c = h.conn
                 if c.quiet:
                     c.packets += 1
@@ -214,7 +219,7 @@ class FlowTable:
             if done:
                 h = self.table.get(key)
             if ts >= self._next_freeze:
-                self._next_freeze = ts + FREEZE_AFTER
+                self._next_freeze = ts + self.freeze_after
                 self._freeze_idle(ts)
                 h = self.table.get(key)
         if h is None and self.frozen:
@@ -295,8 +300,8 @@ class FlowTable:
         return conn
 
     def _freeze_idle(self, now: float) -> None:
-        """Open connections with no packet for :data:`FREEZE_AFTER` s become bytes."""
-        limit = now - FREEZE_AFTER
+        """Open connections with no packet for :attr:`freeze_after` s become bytes."""
+        limit = now - self.freeze_after
         idle = [c for c in self.live if c.last_ts <= limit and not c.terminal and c.trace is None]
         frozen = self.frozen
         head = _FROZEN_HEAD.pack
@@ -307,10 +312,8 @@ class FlowTable:
             lower_a = key_a < key_b
             blob = head(conn.capture, conn.stream, lower_a) + freeze(conn)
             frozen[key_a if lower_a else key_b] = blob
-            # Break the tracker's cycles: the collector is paused.
-            conn.a.peer = conn.b.peer = conn.a.conn = conn.b.conn = None  # type: ignore[assignment]
-            conn.first_fin = conn.rst_from = None
-            conn.transitions = []
+            release(conn)  # the collector is paused
+        self.freezes += len(idle)
 
     def _thaw(self, key: bytes) -> Half | None:
         """The side sending from ``key`` of its frozen connection, thawed; None without one."""
@@ -319,6 +322,7 @@ class FlowTable:
         if blob is None:
             return None
         conn = _thaw_filed(lower, upper, blob)
+        self.thaws += 1
         self.table[conn.a.key] = conn.a
         self.table[conn.b.key] = conn.b
         self.live[conn] = None
@@ -391,6 +395,7 @@ class FlowTable:
                 capture, stream, _ = order(frozen[keys[-1]])
                 if not live or (capture, stream) < (live[-1].capture, live[-1].stream):
                     lower = keys.pop()
+                    self.thaws += 1
                     yield _thaw_filed(lower, reverse_key(lower), frozen.pop(lower))
                     continue
             yield live.pop()

@@ -25,14 +25,11 @@ import hashlib
 import math
 import struct
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 from fintrace.classify import port_of
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN
 from fintrace.model import State
-
-if TYPE_CHECKING:
-    from fintrace.tracker import Half, Tracker
+from fintrace.tracker import Half, Tracker
 
 PROTO_TCP = 6
 

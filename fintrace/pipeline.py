@@ -22,14 +22,14 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
 from fintrace.classify import classify, roles
 from fintrace.decode import SUPPORTED_LINKTYPES, DecodeStats, segments
 from fintrace.errors import FintraceError
-from fintrace.flowtable import FlowTable
+from fintrace.flowtable import FREEZE_AFTER, FlowTable
 from fintrace.interop import community_id, zeek_conn_state
 from fintrace.model import (
     NOT_A_LOSS,
@@ -47,9 +47,7 @@ from fintrace.model import (
 )
 from fintrace.reader import CaptureFile, first_timestamp
 from fintrace.reassembly import Reassembler
-
-if TYPE_CHECKING:
-    from fintrace.tracker import Half, Tracker
+from fintrace.tracker import Half, Tracker, release
 
 T = TypeVar("T")
 
@@ -88,6 +86,9 @@ class AnalyzeOptions:
     ephemeral_ports: int = 28232
     #: Record every segment of these streams (of the first file), for ``show``.
     trace_streams: frozenset[int] | None = None
+    #: Seconds of packet time an open connection stays idle before it is kept
+    #: as bytes (tests set 0: freeze at every chance).
+    freeze_after: float = FREEZE_AFTER
 
     @property
     def linger_s(self) -> float:
@@ -157,17 +158,6 @@ def endpoint(half: Half) -> Endpoint:
     return Endpoint(ip_text(key[:n]), (key[2 * n] << 8) | key[2 * n + 1])
 
 
-def _release(conn: Tracker) -> None:
-    """Break the tracker's reference cycles (side → connection, side → peer).
-
-    The collector is paused while the pipeline runs, so a finished
-    connection is freed by reference counting alone, at once.
-    """
-    for half in (conn.a, conn.b):
-        del half.conn
-        del half.peer
-
-
 class Run:
     """One analysis; iterate :meth:`connections` once, then read the rest."""
 
@@ -186,6 +176,8 @@ class Run:
         self.captures: list[CaptureInfo] = []
         self._files = self._open_all(options.paths)
         self.traces: dict[int, Tracker] = {}
+        #: The flow table of each pass (one, or one per file with ``separate``).
+        self.tables: list[FlowTable] = []
         self._names: list[str] = []
         self.end_ts = 0.0
 
@@ -215,7 +207,7 @@ class Run:
         """Run the pipeline; yield connections as they finish."""
         gc_was_enabled = gc.isenabled()
         # Pausing the collector saves time in the hot loop; finished
-        # connections break their own cycles (_release), so nothing piles up.
+        # connections break their own cycles (tracker.release), so nothing piles up.
         gc.disable()
         try:
             if self.options.separate:
@@ -236,9 +228,15 @@ class Run:
 
     def _table(self) -> FlowTable:
         o = self.options
-        return FlowTable(
-            linger=o.linger_s, remember=o.remember_s, numbering=o.numbering, trace=o.trace_streams
+        table = FlowTable(
+            linger=o.linger_s,
+            remember=o.remember_s,
+            numbering=o.numbering,
+            trace=o.trace_streams,
+            freeze_after=o.freeze_after,
         )
+        self.tables.append(table)
+        return table
 
     def _file(self, table: FlowTable, cap: CaptureFile, index: int) -> Iterator[Connection]:
         info = CaptureInfo(cap.path, cap.format, cap.compression, cap.size, cap.linktypes)
@@ -370,7 +368,7 @@ class Run:
         if conn.trace is not None:
             self.traces[conn.stream] = conn
         else:
-            _release(conn)
+            release(conn)
         return c
 
     def summary(self) -> dict[str, Any]:
@@ -404,8 +402,7 @@ def analyze(options: AnalyzeOptions, progress: Progress | None = None, *, jobs: 
 RenderPart = Callable[[Iterator[Connection], str], T]
 
 
-@dataclass(frozen=True, slots=True)
-class Part(Generic[T]):
+class Part(NamedTuple, Generic[T]):
     """One file of a :class:`ParallelRun`, as its worker process left it."""
 
     #: The file ``render_part`` wrote, if it wrote one; removed once the
@@ -486,8 +483,7 @@ class ParallelRun(Run):
                         yield from batch
 
 
-@dataclass(frozen=True, slots=True)
-class _Task(Generic[T]):
+class _Task(NamedTuple, Generic[T]):
     """One file for a worker; the worker inherits it (fork): nothing is pickled."""
 
     options: AnalyzeOptions

@@ -27,12 +27,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fintrace.model import CloseType, Role, State
+from fintrace.model import CloseType, Connection, Role, State
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from fintrace.model import Connection
 
 #: Upper bound on buckets over the run's span; the width is raised to stay under it.
 MAX_BUCKETS = 200

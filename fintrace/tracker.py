@@ -26,7 +26,7 @@ from __future__ import annotations
 import marshal
 import operator
 import zlib
-from typing import Any
+from typing import Any, Final
 
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
@@ -72,39 +72,74 @@ def covers(ack: int, seq_end: int) -> bool:
     return (ack - seq_end) & M32 < HALF
 
 
+#: The attributes of a :class:`Half` (its ``__slots__``; the frozen form lists them too).
+HALF_FIELDS: Final = (
+    "acked",
+    "acked_fin_at",
+    "acked_fin_frame",
+    "acked_fin_ts",
+    "bytes",
+    "conn",
+    "data_ts",
+    "fin_acked_frame",
+    "fin_at",
+    "fin_count",
+    "fin_frame",
+    "fin_seq",
+    "fin_ts",
+    "flags_seen",
+    "half_close_bytes",
+    "isn",
+    "key",
+    "last_ts",
+    "nxt",
+    "packets",
+    "peer",
+    "state",
+    "syn_at",
+    "syn_frame",
+    "synack_frame",
+    "win",
+    "ws_base",
+    "wscale",
+)
+#: The attributes of a :class:`Tracker`.
+TRACKER_FIELDS: Final = (
+    "a",
+    "anomalies",
+    "b",
+    "capture",
+    "established",
+    "file_spans",
+    "first_fin",
+    "first_frame",
+    "first_ts",
+    "last_frame",
+    "last_ts",
+    "packets",
+    "quiet",
+    "reuse",
+    "rst_count",
+    "rst_frame",
+    "rst_from",
+    "rst_lost",
+    "rst_phase",
+    "rst_ts",
+    "started",
+    "stream",
+    "terminal",
+    "trace",
+    "transitions",
+    "ws_closing",
+)
+
+
 class Half:
     """One side of a connection: what it sent and the state it is in."""
 
-    __slots__ = (
-        "acked",
-        "acked_fin_at",
-        "acked_fin_frame",
-        "acked_fin_ts",
-        "bytes",
-        "conn",
-        "data_ts",
-        "fin_acked_frame",
-        "fin_at",
-        "fin_count",
-        "fin_frame",
-        "fin_seq",
-        "fin_ts",
-        "flags_seen",
-        "half_close_bytes",
-        "isn",
-        "key",
-        "last_ts",
-        "nxt",
-        "packets",
-        "peer",
-        "state",
-        "syn_at",
-        "syn_frame",
-        "synack_frame",
-        "win",
-        "ws_base",
-        "wscale",
-    )
+    __slots__ = HALF_FIELDS
+    #: :func:`fintrace.pipeline` breaks the reference cycles of a finished connection.
+    __deletable__ = ("conn", "peer")
 
     def __init__(self, conn: Tracker, key: bytes) -> None:
         self.conn = conn
@@ -153,34 +188,7 @@ class Half:
 class Tracker:
     """The mechanics of one connection (one Wireshark ``tcp.stream``)."""
 
-    __slots__ = (
-        "a",
-        "anomalies",
-        "b",
-        "capture",
-        "established",
-        "file_spans",
-        "first_fin",
-        "first_frame",
-        "first_ts",
-        "last_frame",
-        "last_ts",
-        "packets",
-        "quiet",
-        "reuse",
-        "rst_count",
-        "rst_frame",
-        "rst_from",
-        "rst_lost",
-        "rst_phase",
-        "rst_ts",
-        "started",
-        "stream",
-        "terminal",
-        "trace",
-        "transitions",
-        "ws_closing",
-    )
+    __slots__ = TRACKER_FIELDS
 
     def __init__(
         self, stream: int, capture: int, key: bytes, rkey: bytes, frame: int, ts: float
@@ -531,11 +539,23 @@ class Tracker:
         return done
 
 
+def release(conn: Tracker) -> None:
+    """Break the tracker's reference cycles (side → connection, side → peer).
+
+    The collector is paused while the pipeline runs, so a connection that
+    is finished, or frozen, is freed by reference counting alone, at once.
+    Its sides' ``conn`` and ``peer`` are gone afterwards.
+    """
+    for half in (conn.a, conn.b):
+        del half.conn
+        del half.peer
+
+
 # -- compact form of an idle connection ----------------------------------------------
 
-_HALF_SLOTS = tuple(s for s in Half.__slots__ if s not in ("conn", "peer", "key"))
+_HALF_SLOTS = tuple(s for s in HALF_FIELDS if s not in ("conn", "peer", "key"))
 _TRACKER_SLOTS = tuple(
-    s for s in Tracker.__slots__ if s not in ("a", "b", "anomalies", "transitions", "trace")
+    s for s in TRACKER_FIELDS if s not in ("a", "b", "anomalies", "transitions", "trace")
 )
 _HALF_REFS = ("first_fin", "rst_from")
 _HALF_REF_SLOTS = tuple(_TRACKER_SLOTS.index(name) for name in _HALF_REFS)
@@ -617,27 +637,20 @@ def _marshalled(conn: Tracker) -> bytes:
 def thaw(blob: bytes | memoryview, key_a: bytes, key_b: bytes) -> Tracker:
     """The tracker :func:`freeze` made ``blob`` of, with its sides' flow keys."""
     halves, t, anomalies, moves = marshal.loads(zlib.decompressobj(_WBITS, _ZDICT).decompress(blob))
-    t = _put_back(t, _TRACKER_DEFAULTS)
-    conn = Tracker.__new__(Tracker)
-    hs = []
-    for left, key in zip(halves, (key_a, key_b), strict=True):
+    # A new tracker, then its values: the sides come linked to it and to each other.
+    conn = Tracker(0, 0, key_a, key_b, 0, 0.0)
+    hs = (conn.a, conn.b)
+    for h, left in zip(hs, halves, strict=True):
         v = _put_back(left, _HALF_DEFAULTS)
-        h = Half.__new__(Half)
+        code = v[_STATE_SLOT]
+        v[_STATE_SLOT] = None if code < 0 else _STATE_LIST[code]
         for name, value in zip(_HALF_SLOTS, v, strict=True):
             setattr(h, name, value)
-        code = v[_STATE_SLOT]
-        h.state = None if code < 0 else _STATE_LIST[code]
-        h.key = key
-        h.conn = conn
-        hs.append(h)
-    a, b = hs
-    a.peer, b.peer = b, a
-    conn.a, conn.b = a, b
+    t = _put_back(t, _TRACKER_DEFAULTS)
+    for i in _HALF_REF_SLOTS:
+        t[i] = None if t[i] is None else hs[t[i]]
     for name, value in zip(_TRACKER_SLOTS, t, strict=True):
         setattr(conn, name, value)
-    for name in _HALF_REFS:
-        i = getattr(conn, name)
-        setattr(conn, name, None if i is None else hs[i])
     conn.anomalies = None if anomalies is None else {Anomaly(k): n for k, n in anomalies.items()}
     states = _STATE_LIST
     conn.transitions = [

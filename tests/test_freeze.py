@@ -1,8 +1,9 @@
 """Idle open connections are frozen to bytes and thawed unchanged.
 
-An open connection with no packet for :data:`~fintrace.flowtable.FREEZE_AFTER`
-seconds of packet time is kept as one bytes object (a third of its size as
-objects) until a segment or the end of the capture thaws it. Freezing must
+An open connection with no packet for ``freeze_after`` (by default
+:data:`~fintrace.flowtable.FREEZE_AFTER`) seconds of packet time is kept as
+one bytes object (a third of its size as objects) until a segment or the end
+of the capture thaws it. Freezing must
 change nothing: with every idle connection frozen at every chance, each
 capture in ``captures/`` and the shared corpus gives the same output.
 """
@@ -16,17 +17,19 @@ from typing import Any
 
 import pytest
 
-from fintrace import flowtable
 from fintrace.decode import ACK, SYN, Segment
+from fintrace.flowtable import FREEZE_AFTER, FlowTable
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
-from fintrace.tracker import Tracker, freeze, thaw
+from fintrace.tracker import HALF_FIELDS, TRACKER_FIELDS, Tracker, freeze, thaw
 
 from conftest import CAPTURES, capture_files, corpus_files
 
 
-def output(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    r = analyze(AnalyzeOptions(paths=(str(path),)))
+def output(
+    path: Path, freeze_after: float = FREEZE_AFTER
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    r = analyze(AnalyzeOptions(paths=(str(path),), freeze_after=freeze_after))
     conns = [connection_dict(c) for c in r.connections()]
     return conns, [c.as_dict() for c in r.captures]
 
@@ -38,10 +41,10 @@ def state(conn: Tracker) -> Any:
         return None if h is None else ("a" if h is conn.a else "b")
 
     out: dict[str, Any] = {}
-    for name in Tracker.__slots__:
+    for name in TRACKER_FIELDS:
         v = getattr(conn, name)
         if name in ("a", "b"):
-            v = {s: getattr(v, s) for s in type(v).__slots__ if s not in ("conn", "peer")}
+            v = {s: getattr(v, s) for s in HALF_FIELDS if s not in ("conn", "peer")}
         elif name in ("first_fin", "rst_from"):
             v = side(v)
         elif name == "transitions":
@@ -53,56 +56,39 @@ def state(conn: Tracker) -> Any:
 @pytest.mark.parametrize(
     "path", capture_files() + corpus_files(), ids=lambda p: f"{p.parent.name}/{p.name}"
 )
-def test_freezing_every_idle_connection_changes_nothing(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_freezing_every_idle_connection_changes_nothing(path: Path) -> None:
     want = output(path)
-    monkeypatch.setattr(flowtable, "FREEZE_AFTER", 0.0)
-    got = output(path)
+    got = output(path, freeze_after=0.0)
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
 
 
-def test_freezing_changes_nothing_across_files(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_freezing_changes_nothing_across_files() -> None:
     # A rotated ring buffer read as one capture: connections carried from
     # file to file, frozen in one and thawed in the next.
     ring = CAPTURES / "formats" / "ring"
     paths = tuple(str(ring / f"ring_{i}.pcap") for i in (1, 2, 0))
 
-    def run() -> list[dict[str, Any]]:
-        r = analyze(AnalyzeOptions(paths=paths))
-        return [connection_dict(c) for c in r.connections()]
+    def run(freeze_after: float) -> tuple[list[dict[str, Any]], FlowTable]:
+        r = analyze(AnalyzeOptions(paths=paths, freeze_after=freeze_after))
+        conns = [connection_dict(c) for c in r.connections()]
+        (table,) = r.tables
+        return conns, table
 
-    want = run()
-    frozen: list[int] = []
-    real_freeze = flowtable.freeze
-
-    def counting_freeze(conn: Tracker) -> bytes:
-        frozen.append(conn.stream)
-        return real_freeze(conn)
-
-    monkeypatch.setattr(flowtable, "freeze", counting_freeze)
-    monkeypatch.setattr(flowtable, "FREEZE_AFTER", 0.0)
-    got = run()
-    assert frozen  # the test froze something
+    want, _ = run(FREEZE_AFTER)
+    got, table = run(0.0)
+    assert table.freezes  # the test froze something
+    assert table.thaws == table.freezes  # and every frozen connection came back
     assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
 
 
-def test_idle_connections_of_the_incident_are_frozen_with_the_default(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_idle_connections_of_the_incident_are_frozen_with_the_default() -> None:
     # captures/incident holds connections stuck in CLOSE_WAIT for minutes:
     # with the default FREEZE_AFTER they are frozen, then thawed at the end.
-    thawed: list[int] = []
-    real_thaw = flowtable.thaw
-
-    def counting_thaw(blob: bytes, key_a: bytes, key_b: bytes) -> Tracker:
-        thawed.append(len(blob))
-        return real_thaw(blob, key_a, key_b)
-
-    monkeypatch.setattr(flowtable, "thaw", counting_thaw)
-    conns, _ = output(CAPTURES / "incident" / "incident.pcap.gz")
-    stuck = [c for c in conns if c["stuck"]]
-    assert stuck and len(thawed) >= len(stuck)
+    r = analyze(AnalyzeOptions(paths=(str(CAPTURES / "incident" / "incident.pcap.gz"),)))
+    stuck = [c for c in r.connections() if c.stuck]
+    (table,) = r.tables
+    assert stuck and table.thaws >= len(stuck)
+    assert table.thaws == table.freezes
 
 
 def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
@@ -156,7 +142,7 @@ def test_a_frozen_connection_is_filed_once_and_thawed_from_either_side(
     client = _ipv4_key(c_ip, s_ip, 40000, 80)
     server = _ipv4_key(s_ip, c_ip, 80, 40000)
     assert (client < server) is client_lower
-    table = flowtable.FlowTable()
+    table = FlowTable()
     segs: list[Segment] = [
         (1, 0.0, client, 1000, 0, SYN, 0, 64240, 7),
         (2, 0.001, server, 5000, 1001, SYN | ACK, 0, 65160, 7),
@@ -184,7 +170,7 @@ def test_a_frozen_connection_is_filed_once_and_thawed_from_either_side(
 
 def test_frozen_and_live_connections_end_in_stream_order() -> None:
     server = 0x0A000063
-    table = flowtable.FlowTable()
+    table = FlowTable()
     segs: list[Segment] = []
     # 600 streams (numbers of one, two and three bytes): the even ones go idle
     # (frozen at 40 s), the odd ones keep sending.
@@ -201,7 +187,7 @@ def test_frozen_and_live_connections_end_in_stream_order() -> None:
 
 def test_frozen_connections_of_several_files_end_in_file_then_stream_order() -> None:
     server = 0x0A000063
-    table = flowtable.FlowTable()
+    table = FlowTable()
     keys = [_ipv4_key(0x0A000001 + i, server, 40000, 80) for i in range(9)]
     # File 0: streams 0-3; file 1 numbers again from 0: streams 0-3, then 4
     # for file 0's stream 2 carried over, then 5.
@@ -235,7 +221,7 @@ def analyze_trackers() -> list[Tracker]:
         if path.parent.name != "closes":
             continue
         skipped: Counter[str] = Counter()
-        table = flowtable.FlowTable(linger=float("inf"))
+        table = FlowTable(linger=float("inf"))
         with CaptureFile(path) as cap:
             segs = segments(cap.records(), DecodeStats(skipped), Reassembler(skipped))
             out += list(table.consume(segs))

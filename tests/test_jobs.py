@@ -282,7 +282,7 @@ def test_every_aggregate_field_is_in_use(generated: list[str]) -> None:
     fresh = Aggregator(whole.options)
     unused = [
         name
-        for name, value in vars(whole).items()
+        for name, value in whole.__getstate__().items()
         if name != "options" and field_state(value) == field_state(getattr(fresh, name))
     ]
     assert not unused

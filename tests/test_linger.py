@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from fintrace.cli import main
 from fintrace.flowtable import FlowTable, Tombstone
 from fintrace.pipeline import DEFAULT_LINGER, AnalyzeOptions, analyze
-from fintrace.tracker import Tracker
+from fintrace.tracker import Tracker, release
 
 from conftest import need
 from craft import Flow, write_pcap
@@ -175,7 +175,7 @@ def test_tombstones_hold_no_tracker() -> None:
     done = list(table.consume(segments))
     assert len(done) == n
     for conn in done:
-        conn.a.conn = conn.b.conn = conn.a.peer = conn.b.peer = None  # type: ignore[assignment]
+        release(conn)  # as the pipeline does
     del done, conn
     gc.collect()
     assert sum(isinstance(v, Tombstone) for v in table.table.values()) == 2 * n

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 
 from fintrace.aggregate import LazyList
+from fintrace.model import Connection
+from fintrace.pipeline import Run
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from fintrace.model import Connection
-    from fintrace.pipeline import Run
 
 _dumps = orjson.dumps
 
