@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 import click
 from rich.console import Console
 
-from fintrace import __version__
+from fintrace import COMPILED, __version__
 from fintrace.errors import FintraceError, output_file
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
@@ -449,7 +449,11 @@ def build_filters(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fintrace")
+@click.version_option(
+    __version__,
+    prog_name="fintrace",
+    message="%(prog)s %(version)s (" + ("compiled" if COMPILED else "pure Python") + ")",
+)
 def main() -> None:
     """How every TCP connection in a packet capture ended."""
 
