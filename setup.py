@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import shutil
@@ -97,6 +98,28 @@ def _write_build_info(compiled: list[str]) -> None:
         target.write_text(text)
 
 
+def _remove_stale(compiled: list[str]) -> None:
+    """Compiled modules of an earlier build that this one does not make.
+
+    setuptools reuses ``build/`` and an editable build leaves them beside the
+    sources: left there, they would be packaged, or imported, in place of
+    the Python source.
+    """
+    keep = {src.removesuffix(".py") for src in compiled}
+    for root in (HERE / "fintrace", *HERE.glob("build/lib*/fintrace")):
+        for ext in root.rglob("*.*"):
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                if ext.name.endswith(suffix):
+                    module = ext.relative_to(root.parent).as_posix()[: -len(suffix)]
+                    if module not in keep:
+                        ext.unlink()
+                    break
+    if not keep:  # nor the library the compiled modules share
+        for root in (HERE, *HERE.glob("build/lib*")):
+            for lib in root.glob("fintrace__mypyc.*"):
+                lib.unlink()
+
+
 class ParallelBuildExt(build_ext):
     """build_ext on every core: the C files of the compiled modules build in parallel."""
 
@@ -119,10 +142,12 @@ def _ext_modules() -> list[object]:
     if why is not None:
         warnings.warn(f"fintrace: building pure Python only: {why}", stacklevel=1)
         _write_build_info([])
+        _remove_stale([])
         return []
     mypycify = importlib.import_module("mypyc.build").mypycify
     sources = _sources()
     _write_build_info(sources)
+    _remove_stale(sources)
     return list(mypycify(sources, opt_level="3", multi_file=True, group_name="fintrace"))
 
 

@@ -99,7 +99,7 @@ def choose() -> bool:
             + ", ".join(m.removeprefix("fintrace.") for m in old[:3])
             + (" and others" if len(old) > 3 else "")
             + " does not match its source; running the pure-Python modules "
-            "(rebuild: pip install -e .)",
+            "(rebuild: pip install -e . in a checkout, else reinstall fintrace)",
             stacklevel=3,
         )
         sys.meta_path.insert(0, SourceFirst(frozenset(present)))
