@@ -8,6 +8,8 @@ runs each tool once, in turn (so a burst of load from elsewhere hurts all of
 them alike):
 
 * ``fintrace``: ``fintrace analyze --format jsonl -q CAPTURE > /dev/null``
+* ``pure`` (only with ``--tools``): the same with ``FINTRACE_PURE=1``, the
+  Python source of a compiled install
 * ``tshark``:   ``tshark -q -z conv,tcp -r CAPTURE > /dev/null``
 * ``dpkt``:     ``for ts, buf in dpkt.pcap.Reader(f): n += 1`` in a fresh interpreter
 * ``walk`` (only with ``--tools``): a CPython walk over the record headers
@@ -68,7 +70,7 @@ with open(sys.argv[1], "rb") as f:
             off, n = nxt, n + 1
 print(n)
 """
-TOOLS = ("fintrace", "tshark", "dpkt", "walk")
+TOOLS = ("fintrace", "pure", "tshark", "dpkt", "walk")
 #: Issue 6: one process on ~1.6M packets.
 TARGET_PPS = 800_000
 TARGET_VS_TSHARK = 6.0
@@ -202,6 +204,8 @@ def tool_argv(tool: str, capture: Path, fintrace: list[str]) -> tuple[list[str],
     """The command for a tool, and whether its stdout is discarded (else it prints a count)."""
     if tool == "fintrace":
         return [*fintrace, "analyze", "--format", "jsonl", "-q", str(capture)], True
+    if tool == "pure":  # env execs fintrace: the rusage is fintrace's
+        return ["env", "FINTRACE_PURE=1", *tool_argv("fintrace", capture, fintrace)[0]], True
     if tool == "tshark":
         return ["tshark", "-q", "-z", "conv,tcp", "-r", str(capture)], True
     if tool == "dpkt":
@@ -243,7 +247,7 @@ def _first_line(argv: list[str]) -> str | None:
     return lines[0] if lines else None
 
 
-def machine() -> dict[str, Any]:
+def machine(fintrace: list[str]) -> dict[str, Any]:
     model = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -271,6 +275,7 @@ def machine() -> dict[str, Any]:
         "tshark": _first_line(["tshark", "--version"]),
         "fintrace_commit": commit,
         "fintrace_tree_modified": dirty is not None,
+        "fintrace_version": _first_line([*fintrace, "--version"]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
@@ -321,7 +326,7 @@ def table(name: str, results: dict[str, Result]) -> list[str]:
         )
     f = results.get("fintrace")
     if f is not None:
-        for other in ("tshark", "dpkt", "walk"):
+        for other in ("pure", "tshark", "dpkt", "walk"):
             o = results.get(other)
             if o is not None:
                 lines.append(
@@ -445,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     fintrace = shlex.split(a.fintrace)
     jobs = [int(x) for x in a.jobs.split(",")] if a.jobs else []
 
-    info = machine()
+    info = machine(fintrace)
     doc: dict[str, Any] = {
         "machine": info,
         "load_before": load(),
@@ -477,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["load_after"] = load()
     lines.append(
         f"\nmachine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-        f"{info['tshark']}; fintrace {info['fintrace_commit']}"
+        f"{info['tshark']}; {info['fintrace_version']} at {info['fintrace_commit']}"
         f"{' (modified)' if info['fintrace_tree_modified'] else ''}; "
         f"load {doc['load_before']} before, {doc['load_after']} after; {info['date']}"
     )
