@@ -22,7 +22,7 @@ count every packet it cannot use under a precise reason.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fintrace.model import SkipReason
 from fintrace.reassembly import Reassembler
@@ -39,32 +39,39 @@ if TYPE_CHECKING:
 #: files under a stream but whose header cannot drive the state machine.
 Segment = tuple[int, float, bytes, int, int, int, int, int, int]
 
-FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+FIN: Final = 1
+SYN: Final = 2
+RST: Final = 4
+PSH: Final = 8
+ACK: Final = 16
+URG: Final = 32
+ECE: Final = 64
+CWR: Final = 128
 #: A TCP header quoted inside an ICMP error message.
-QUOTED = 0x1000
+QUOTED: Final = 0x1000
 #: A TCP header whose data offset is below 5 words.
-BOGUS_HEADER = 0x2000
+BOGUS_HEADER: Final = 0x2000
 #: A TCP header cut short (16 to 19 bytes: ports, numbers, flags and window).
-SHORT_HEADER = 0x4000
-COUNT_ONLY = QUOTED | BOGUS_HEADER | SHORT_HEADER
+SHORT_HEADER: Final = 0x4000
+COUNT_ONLY: Final = QUOTED | BOGUS_HEADER | SHORT_HEADER
 
 # Link types (https://www.tcpdump.org/linktypes.html)
-LT_NULL = 0
-LT_ETHERNET = 1
-LT_RAW_12 = 12
-LT_RAW_14 = 14
-LT_LOOP = 108
-LT_RAW = 101
-LT_LINUX_SLL = 113
+LT_NULL: Final = 0
+LT_ETHERNET: Final = 1
+LT_RAW_12: Final = 12
+LT_RAW_14: Final = 14
+LT_LOOP: Final = 108
+LT_RAW: Final = 101
+LT_LINUX_SLL: Final = 113
 #: A pcapng record numbered as a frame that holds no packet (see reader).
-LT_NO_PACKET = -1
-LT_IPV4 = 228
-LT_IPV6 = 229
-LT_LINUX_SLL2 = 276
-LT_PPP = 9
-LT_PPP_HDLC = 50
-LT_C_HDLC = 104
-LT_IPOIB = 242
+LT_NO_PACKET: Final = -1
+LT_IPV4: Final = 228
+LT_IPV6: Final = 229
+LT_LINUX_SLL2: Final = 276
+LT_PPP: Final = 9
+LT_PPP_HDLC: Final = 50
+LT_C_HDLC: Final = 104
+LT_IPOIB: Final = 242
 SUPPORTED_LINKTYPES = frozenset(
     {
         LT_NULL,
@@ -84,22 +91,22 @@ SUPPORTED_LINKTYPES = frozenset(
     }
 )
 
-ET_IPV4 = 0x0800
-ET_IPV6 = 0x86DD
+ET_IPV4: Final = 0x0800
+ET_IPV6: Final = 0x86DD
 # Wireshark 4.0 decodes these as VLAN tags (0x9100 is its default QinQ
 # preference); a frame it does not decode must not start a stream here.
 ET_VLAN = frozenset({0x8100, 0x88A8, 0x9100})
 ET_MPLS = frozenset({0x8847, 0x8848})
-ET_PPPOE_SESSION = 0x8864
+ET_PPPOE_SESSION: Final = 0x8864
 
-PROTO_TCP = 6
+PROTO_TCP: Final = 6
 IPV6_EXTENSIONS = frozenset({0, 43, 60, 135, 139, 140})
-IPV6_FRAGMENT = 44
-IPV6_AH = 51
-MAX_IPV6_EXTENSIONS = 16
-MAX_TUNNEL_DEPTH = 4
-VXLAN_PORT = 4789
-GENEVE_PORT = 6081
+IPV6_FRAGMENT: Final = 44
+IPV6_AH: Final = 51
+MAX_IPV6_EXTENSIONS: Final = 16
+MAX_TUNNEL_DEPTH: Final = 4
+VXLAN_PORT: Final = 4789
+GENEVE_PORT: Final = 6081
 
 _u16 = struct.Struct(">H").unpack_from
 _u32 = struct.Struct(">I").unpack_from
@@ -623,6 +630,20 @@ def segments(
     e4 = _E4
     f4 = _F4
     f6 = _F6
+    # The header fields the fast path unpacks, declared so that compiled code
+    # keeps them as machine integers (struct gives objects of any type).
+    et: int
+    vihl: int
+    total: int
+    frag: int
+    proto: int
+    nh: int
+    seq: int
+    ack: int
+    offb: int
+    flags: int
+    win: int
+    plen: int
     skipped = stats.skipped
     frame = 0
     ts = 0.0

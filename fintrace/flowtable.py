@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment
 from fintrace.tracker import HALF, M32, Half, Tracker, freeze, release, thaw
@@ -52,12 +52,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 #: Flags that keep a segment off the fast path: anything but a plain ACK.
-_FAST_MASK = COUNT_ONLY | SYN | FIN | RST | ACK
+_FAST_MASK: Final = COUNT_ONLY | SYN | FIN | RST | ACK
 #: How often, in packet-time seconds, lingering connections are looked at.
-_EXPIRY_EVERY = 1.0
+_EXPIRY_EVERY: Final = 1.0
 #: Open connections idle this long (packet time) are frozen to bytes; so often
 #: the table looks for them.
-FREEZE_AFTER = 30.0
+FREEZE_AFTER: Final = 30.0
 
 #: Stream numbering rules, by the Wireshark release they were checked against.
 NUMBERINGS = ("wireshark-4.4", "wireshark-4.0")
@@ -171,10 +171,9 @@ class FlowTable:
     def consume(self, segments: Iterable[Segment]) -> Iterator[Tracker]:
         """Feed segments; yield connections as they finish."""
         # A tombstone takes the slow path untouched.
-        get = self.table.get
-        slow = self._slow
+        table = self.table
         for frame, ts, key, seq, ack, flags, plen, win, wscale in segments:
-            h = get(key)
+            h = table.get(key)
             if type(h) is Half and flags & _FAST_MASK == ACK:
                 c = h.conn
                 if c.quiet:
@@ -193,7 +192,7 @@ class FlowTable:
                             h.bytes += d if d < plen else plen
                             h.nxt = end
                     continue
-            done = slow(h, frame, ts, key, seq, ack, flags, plen, win, wscale)
+            done = self._slow(h, frame, ts, key, seq, ack, flags, plen, win, wscale)
             if done:
                 yield from done
 

@@ -22,7 +22,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
@@ -52,10 +52,10 @@ from fintrace.tracker import Half, Tracker, release
 T = TypeVar("T")
 
 SCHEMA_VERSION = "1.0"
-ONE_SIDED = str(Anomaly.ONE_SIDED)
-CLIENT = Role.CLIENT
-SERVER = Role.SERVER
-_tuple_new = tuple.__new__
+ONE_SIDED: Final = str(Anomaly.ONE_SIDED)
+CLIENT: Final = Role.CLIENT
+SERVER: Final = Role.SERVER
+_tuple_new: Final = tuple.__new__
 
 
 #: ``progress(bytes_done, bytes_total)``

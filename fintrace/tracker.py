@@ -31,23 +31,23 @@ from typing import Any, Final
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
 
-M32 = 0xFFFFFFFF
-HALF = 0x80000000
+M32: Final = 0xFFFFFFFF
+HALF: Final = 0x80000000
 #: The largest window a peer can advertise (65535 << 14): the bound used to
 #: judge a RST or FIN whose window is not known.
-MAX_WINDOW = 65535 << 14
+MAX_WINDOW: Final = 65535 << 14
 
-SYN_SENT = State.SYN_SENT
-SYN_RECEIVED = State.SYN_RECEIVED
-ESTABLISHED = State.ESTABLISHED
-FIN_WAIT_1 = State.FIN_WAIT_1
-FIN_WAIT_2 = State.FIN_WAIT_2
-CLOSE_WAIT = State.CLOSE_WAIT
-CLOSING = State.CLOSING
-LAST_ACK = State.LAST_ACK
-TIME_WAIT = State.TIME_WAIT
-CLOSED = State.CLOSED
-RESET = State.RESET
+SYN_SENT: Final = State.SYN_SENT
+SYN_RECEIVED: Final = State.SYN_RECEIVED
+ESTABLISHED: Final = State.ESTABLISHED
+FIN_WAIT_1: Final = State.FIN_WAIT_1
+FIN_WAIT_2: Final = State.FIN_WAIT_2
+CLOSE_WAIT: Final = State.CLOSE_WAIT
+CLOSING: Final = State.CLOSING
+LAST_ACK: Final = State.LAST_ACK
+TIME_WAIT: Final = State.TIME_WAIT
+CLOSED: Final = State.CLOSED
+RESET: Final = State.RESET
 
 #: A side acknowledges its peer's FIN.
 _ON_ACKING_FIN = {
