@@ -39,10 +39,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 
-#: Modules compiled to C, in data-flow order. Not the reader: it is mostly
-#: I/O, and tests stand in for its ``CaptureFile.records`` to make a file fail
-#: (a compiled class's methods cannot be replaced).
+#: Modules compiled to C, in data-flow order.
 COMPILED = (
+    "reader",
     "decode",
     "reassembly",
     "tracker",

@@ -237,6 +237,11 @@ class CaptureFile:
         linktype = self.linktypes[0]
         buf = self._head
         off = 24
+        # Declared: compiled code keeps them as machine integers.
+        sec: int
+        frac: int
+        caplen: int
+        origlen: int
         while True:
             end = len(buf)
             while off + 16 <= end:
@@ -313,6 +318,14 @@ class CaptureFile:
         # per interface: (linktype, seconds per tick, offset seconds, snaplen)
         ifaces: list[tuple[int, float, float, int]] = []
         last_ts = 0.0
+        # Declared: compiled code keeps them as machine integers.
+        btype: int
+        blen: int
+        iface: int
+        tsh: int
+        tsl: int
+        caplen: int
+        origlen: int
         while True:
             end = len(buf)
             try:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -35,10 +35,12 @@ from fintrace.cli import main
 from fintrace.errors import CaptureError
 from fintrace.model import Connection, Endpoint
 from fintrace.pipeline import AnalyzeOptions, ParallelRun, analyze
-from fintrace.reader import CaptureFile
-from fintrace.render.parts import Splicer
+from fintrace.render.parts import PartWriter, Splicer
 
 from conftest import CAPTURES, ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -321,35 +323,43 @@ def tmpdir_watched(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def fail_in_worker(monkeypatch: pytest.MonkeyPatch, path: str, how: Any) -> None:
-    """Reading ``path``'s records does ``how`` (the parent only opens it; workers read)."""
-    real = CaptureFile.records
+    """The worker analysing ``path`` does ``how(path)`` once it has read a connection.
 
-    def records(self: CaptureFile) -> Any:
-        if self.path == path:
-            how(self)
-        return real(self)
+    Only workers render parts (``PartWriter``); the parent only opens the files.
+    """
+    real = PartWriter.__call__
 
-    monkeypatch.setattr(CaptureFile, "records", records)
+    def call(self: PartWriter, connections: Iterable[Connection], part: str) -> Any:
+        rest = iter(connections)
+        first = next(rest, None)
+        if first is not None and first.capture == path:
+            how(path)
+        return real(self, itertools.chain(() if first is None else (first,), rest), part)
+
+    monkeypatch.setattr(PartWriter, "__call__", call)
 
 
-def damaged(cap: CaptureFile) -> None:
-    raise CaptureError(cap.path, "damaged in the middle")
+def damaged(path: str) -> None:
+    raise CaptureError(path, "damaged in the middle")
 
 
 def test_a_file_failing_in_its_worker_is_one_line_after_the_files_before(
     monkeypatch: pytest.MonkeyPatch, tmpdir_watched: Path
 ) -> None:
+    before = fintrace(1, "--format", "jsonl", *FILES[:2])
+    assert before.exit_code == 0
+    assert len(before.stdout.splitlines()) == 2  # the first two files' connections
     fail_in_worker(monkeypatch, FILES[2], damaged)
-    one = same_as_one_process("--format", "jsonl", *FILES)
-    assert one.exit_code == 2
-    assert one.stderr == f"fintrace: error: {FILES[2]}: damaged in the middle\n"
-    assert len(one.stdout.splitlines()) == 2  # the first two files' connections
+    many = fintrace(2, "--format", "jsonl", *FILES)
+    assert many.exit_code == 2
+    assert many.stderr == f"fintrace: error: {FILES[2]}: damaged in the middle\n"
+    assert many.stdout == before.stdout
     assert not list(tmpdir_watched.iterdir())
     assert not multiprocessing.active_children()
 
 
 def test_a_killed_worker_is_one_line(monkeypatch: pytest.MonkeyPatch, tmpdir_watched: Path) -> None:
-    fail_in_worker(monkeypatch, FILES[1], lambda cap: os.kill(os.getpid(), signal.SIGKILL))
+    fail_in_worker(monkeypatch, FILES[1], lambda path: os.kill(os.getpid(), signal.SIGKILL))
     result = fintrace(2, "--format", "json", *FILES)
     assert result.exit_code == 2
     assert result.stderr == (
@@ -359,7 +369,7 @@ def test_a_killed_worker_is_one_line(monkeypatch: pytest.MonkeyPatch, tmpdir_wat
 
 
 def test_a_bug_in_a_worker_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    def bug(cap: CaptureFile) -> None:
+    def bug(path: str) -> None:
         raise ZeroDivisionError("a bug")
 
     fail_in_worker(monkeypatch, FILES[1], bug)
@@ -385,14 +395,14 @@ def test_interrupted_while_writing_stops_the_workers_and_cleans_up(
 CTRL_C = r"""
 import os, sys, time
 from fintrace.cli import main
-from fintrace.reader import CaptureFile
+from fintrace.render.parts import PartWriter
 
-real = CaptureFile.records
-def records(self):
+real = PartWriter.__call__
+def call(self, connections, path):
     os.write(1, b"reading\n")
-    time.sleep(60)  # in a worker: the parent only opens the files
-    return real(self)
-CaptureFile.records = records
+    time.sleep(60)  # in a worker: only workers render parts
+    return real(self, connections, path)
+PartWriter.__call__ = call
 main(["analyze", "--separate", "--jobs", "2", "--format", "jsonl", *sys.argv[1:]])
 """
 
