@@ -3,10 +3,10 @@
 Everything else is in ``pyproject.toml``. The modules in :data:`COMPILED`
 (read, decode, flow table, tracker, classify, aggregate, records) are the
 ones every packet or connection goes through; compiled, the same source runs
-about 1.5 times as fast (``docs/performance.md``). mypyc compiles them from
-the typed Python as it is: there is one source, and the pure-Python modules
-stay beside the compiled ones (``FINTRACE_PURE=1`` at run time picks them,
-see ``fintrace/__init__.py``).
+about twice as fast (``docs/performance.md``). mypyc compiles them from the
+typed Python as it is: there is one source, and the pure-Python modules stay
+beside the compiled ones (``FINTRACE_PURE=1`` at run time picks them, see
+``fintrace/_native.py``).
 
 The build stays pure Python, with a warning, when:
 
