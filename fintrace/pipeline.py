@@ -44,6 +44,7 @@ from fintrace.model import (
     SideStates,
     SkipReason,
     Transition,
+    record,
 )
 from fintrace.reader import CaptureFile, first_timestamp
 from fintrace.reassembly import Reassembler
@@ -55,7 +56,6 @@ SCHEMA_VERSION = "1.0"
 ONE_SIDED: Final = str(Anomaly.ONE_SIDED)
 CLIENT: Final = Role.CLIENT
 SERVER: Final = Role.SERVER
-_tuple_new: Final = tuple.__new__
 
 
 #: ``progress(bytes_done, bytes_total)``
@@ -318,7 +318,7 @@ class Run:
             s = conn.file_spans[0]
             name = names[s[0]]
             files: tuple[FileSpan, ...] = (
-                FileSpan(name, s[1], s[2], conn.last_frame, conn.packets),
+                record(FileSpan, (name, s[1], s[2], conn.last_frame, conn.packets)),
             )
         else:
             files = tuple(
@@ -326,43 +326,46 @@ class Run:
             )
         transitions = tuple(
             [
-                _tuple_new(Transition, (CLIENT if h is client else SERVER, state, frame, ts))
+                record(Transition, (CLIENT if h is client else SERVER, state, frame, ts))
                 for h, state, frame, ts in conn.transitions
             ]
         )
-        c = Connection(
-            conn.stream,
-            files[0].capture,
-            Endpoint(ip_text(ck[:n]), cport),
-            Endpoint(ip_text(ck[n : 2 * n]), sport),
-            r.inferred,
-            conn.first_frame,
-            conn.last_frame,
-            conn.first_ts,
-            conn.last_ts,
-            conn.packets,
-            SideCounts(client.bytes, server.bytes),
-            v.close_type,
-            v.active_closer,
-            v.reset_by,
-            v.reset_phase,
-            v.time_wait,
-            SideFrames(client.fin_frame or None, server.fin_frame or None),
-            (conn.rst_frame or None) if v.reset_by is not None else None,
-            v.half_close_bytes,
-            v.close_wait_s,
-            v.stuck,
-            v.final_ack_seen,
-            v.fin_retransmits,
-            SideStates(client.state, server.state),
-            transitions,
-            None if conn.reuse is None else Reuse(*conn.reuse),
-            anomalies,
-            community_id(ck[:n], ck[n : 2 * n], cport, sport),
-            zeek_conn_state(conn),
-            files[-1].capture,
-            files,
-            conn.rst_lost if v.reset_by is not None else 0,
+        c = record(
+            Connection,
+            (
+                conn.stream,
+                files[0].capture,
+                record(Endpoint, (ip_text(ck[:n]), cport)),
+                record(Endpoint, (ip_text(ck[n : 2 * n]), sport)),
+                r.inferred,
+                conn.first_frame,
+                conn.last_frame,
+                conn.first_ts,
+                conn.last_ts,
+                conn.packets,
+                record(SideCounts, (client.bytes, server.bytes)),
+                v.close_type,
+                v.active_closer,
+                v.reset_by,
+                v.reset_phase,
+                v.time_wait,
+                record(SideFrames, (client.fin_frame or None, server.fin_frame or None)),
+                (conn.rst_frame or None) if v.reset_by is not None else None,
+                v.half_close_bytes,
+                v.close_wait_s,
+                v.stuck,
+                v.final_ack_seen,
+                v.fin_retransmits,
+                record(SideStates, (client.state, server.state)),
+                transitions,
+                None if conn.reuse is None else record(Reuse, conn.reuse),
+                anomalies,
+                community_id(ck[:n], ck[n : 2 * n], cport, sport),
+                zeek_conn_state(conn),
+                files[-1].capture,
+                files,
+                conn.rst_lost if v.reset_by is not None else 0,
+            ),
         )
         self.aggregator.add(c)
         if conn.trace is not None:

@@ -227,3 +227,30 @@ def test_the_build_falls_back_to_pure_python(tmp_path: Path, env: dict[str, str]
         "COMPILED: dict[str, str] = {}"
         in zipfile.ZipFile(wheel).read("fintrace/_build.py").decode()
     )
+
+
+def _records(value: object) -> list[tuple[object, ...]]:
+    """Every NamedTuple in ``value``, itself included, depth first."""
+    found: list[tuple[object, ...]] = []
+    if isinstance(value, tuple):
+        if hasattr(value, "_fields"):
+            found.append(value)
+        for item in value:
+            found += _records(item)
+    return found
+
+
+def test_every_record_has_a_value_per_field() -> None:
+    # The pipeline builds records with model.record (tuple.__new__, faster
+    # than a NamedTuple call), which does not count the values.
+    from fintrace.pipeline import AnalyzeOptions, analyze
+
+    paths = [str(p) for p in capture_files() if "closes" in p.parts or "incident" in p.parts]
+    kinds: set[str] = set()
+    for path in paths:
+        for conn in analyze(AnalyzeOptions(paths=(path,))).connections():
+            for rec in _records(conn):
+                assert len(rec) == len(rec._fields), (type(rec).__name__, rec)  # type: ignore[attr-defined]
+                kinds.add(type(rec).__name__)
+    assert {"Connection", "Endpoint", "FileSpan", "SideCounts", "SideFrames", "SideStates",
+            "Transition", "Reuse"} <= kinds  # fmt: skip
