@@ -176,8 +176,13 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def run_child(argv: list[str], *, sample_tree: bool = False) -> tuple[Sample, str]:
-    """Run ``argv`` with stdout to a file; wall time, peak RSS (wait4) and its output."""
+def run_child(
+    argv: list[str], *, sample_tree: bool = False, silent: bool = False
+) -> tuple[Sample, str]:
+    """Run ``argv`` with stdout to a file; wall time, peak RSS (wait4) and its output.
+
+    ``silent``: the command must write nothing to stderr (fintrace with ``-q``).
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -192,6 +197,12 @@ def run_child(argv: list[str], *, sample_tree: bool = False) -> tuple[Sample, st
         out.seek(0)
         err.seek(0)
         text = out.read(4096).decode(errors="replace")
+        if proc.returncode == 0 and silent:
+            # Such as the warning of a compiled build that runs its Python source
+            # because a module was edited since the build: the figures would be wrong.
+            said = err.read().decode(errors="replace").strip()
+            if said:
+                raise RuntimeError(f"{shlex.join(argv)} wrote to stderr: {said.splitlines()[0]}")
         if proc.returncode != 0:
             message = err.read().decode(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(
@@ -300,7 +311,7 @@ def bench_capture(
     for r in range(rounds):
         for t in tools:
             argv, quiet = tool_argv(t, capture, fintrace)
-            sample, text = run_child(argv)
+            sample, text = run_child(argv, silent=t in ("fintrace", "pure"))
             if not quiet and int(text.split()[0]) != packets:
                 raise RuntimeError(f"{t} counted {text.split()[0]} packets, expected {packets}")
             results[t].samples.append(sample)
@@ -403,7 +414,7 @@ def bench_jobs(
         results[n] = Result(f"jobs={n}", argv, packets)
     for r in range(rounds):
         for n in jobs:
-            sample, _ = run_child(results[n].argv, sample_tree=True)
+            sample, _ = run_child(results[n].argv, sample_tree=True, silent=True)
             results[n].samples.append(sample)
             print(
                 f"  round {r + 1}/{rounds} --jobs {n:<3} {sample.wall_s:7.2f} s "

@@ -138,7 +138,7 @@ class Half:
     """One side of a connection: what it sent and the state it is in."""
 
     __slots__ = HALF_FIELDS
-    #: :func:`fintrace.pipeline` breaks the reference cycles of a finished connection.
+    #: :func:`release` deletes them to break a finished or frozen connection's cycles.
     __deletable__ = ("conn", "peer")
 
     def __init__(self, conn: Tracker, key: bytes) -> None:
