@@ -26,6 +26,22 @@ from fintrace import _native
 from conftest import CAPTURES, ROOT, capture_files, corpus_files
 
 PACKAGE = Path(fintrace.__file__).resolve().parent
+REQUIRE_COMPILED = os.environ.get("FINTRACE_REQUIRE_COMPILED") == "1"
+
+
+def build_is_compiled() -> bool:
+    """Whether this install runs compiled without FINTRACE_PURE (which this run may have set)."""
+    present = _native.compiled_modules()
+    try:
+        built: dict[str, str] = importlib.import_module("fintrace._build").COMPILED
+    except ImportError:
+        built = {}
+    return bool(present) and not _native.stale(built, present)
+
+
+def without_pure() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FINTRACE_PURE"}
+
 
 #: The JSON document (``--format json``) of each file given on its own line
 #: of stdin, with idle connections frozen as usual and at every chance.
@@ -56,7 +72,7 @@ json.dump(out, sys.stdout)
 
 
 def dump(paths: list[Path], *, pure: bool) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != "FINTRACE_PURE"}
+    env = without_pure()
     if pure:
         env["FINTRACE_PURE"] = "1"
     p = subprocess.run(
@@ -78,8 +94,8 @@ def test_the_build_under_test_is_what_it_says() -> None:
     # COMPILED says where the core modules came from.
     assert fintrace.tracker.__file__ is not None
     assert fintrace.tracker.__file__.endswith(".py") is not fintrace.COMPILED
-    if os.environ.get("FINTRACE_REQUIRE_COMPILED") == "1":
-        assert fintrace.COMPILED, "CI builds the compiled core (FINTRACE_REQUIRE_COMPILED=1)"
+    if REQUIRE_COMPILED:
+        assert build_is_compiled(), "CI builds the compiled core (FINTRACE_REQUIRE_COMPILED=1)"
 
 
 def test_compiled_and_pure_give_the_same_output_on_every_capture() -> None:
@@ -88,7 +104,7 @@ def test_compiled_and_pure_give_the_same_output_on_every_capture() -> None:
     pure = dump(paths, pure=True)
     this = dump(paths, pure=False)
     assert pure["compiled"] is False
-    assert this["compiled"] is fintrace.COMPILED
+    assert this["compiled"] is build_is_compiled()
     assert pure["files"] == this["files"]
     # Something was compared: connections, and damaged files' warnings.
     files = pure["files"]
@@ -98,13 +114,12 @@ def test_compiled_and_pure_give_the_same_output_on_every_capture() -> None:
 
 
 def run_python(code: str, pythonpath: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k != "FINTRACE_PURE"}
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         cwd=pythonpath,
-        env={**clean, "PYTHONPATH": str(pythonpath), **env},
+        env={**without_pure(), "PYTHONPATH": str(pythonpath), **env},
         timeout=120,
         check=True,
     )
@@ -134,7 +149,7 @@ def package_copy(tmp_path: Path) -> Path:
 
 def test_a_copy_of_this_build_runs_as_this_build(package_copy: Path) -> None:
     p = run_python(WHERE, package_copy)
-    compiled = fintrace.COMPILED
+    compiled = build_is_compiled()
     assert p.stdout.split() == [str(compiled), str(not compiled), str(not compiled)]
     assert p.stderr == ""
 
@@ -146,7 +161,7 @@ def fake_compiled(package: Path, module: str) -> None:
 
 
 def test_a_changed_source_runs_the_sources_with_a_warning(package_copy: Path) -> None:
-    if not fintrace.COMPILED:
+    if not build_is_compiled():
         fake_compiled(package_copy, "classify")
     with (package_copy / "fintrace" / "classify.py").open("a") as f:
         f.write("\n# edited after the build\n")
@@ -212,7 +227,7 @@ def test_the_build_falls_back_to_pure_python(tmp_path: Path, env: dict[str, str]
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(tree)],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env={**without_pure(), **env},
         timeout=600,
         check=False,
     )
