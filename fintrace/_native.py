@@ -75,6 +75,15 @@ def _source_hash(module: str) -> str:
         return ""
 
 
+def recorded() -> dict[str, str]:
+    """What the build compiled, by module: the hash of its source (nothing without a build)."""
+    try:
+        built: dict[str, str] = importlib.import_module("fintrace._build").COMPILED
+    except ImportError:
+        return {}
+    return built
+
+
 def stale(built: dict[str, str], present: set[str]) -> list[str]:
     """Compiled modules that do not match their source, or that no build recorded."""
     return sorted(m for m in present if m not in built or _source_hash(m) != built[m])
@@ -88,11 +97,7 @@ def choose() -> bool:
     if os.environ.get("FINTRACE_PURE", "") not in ("", "0"):
         sys.meta_path.insert(0, SourceFirst(frozenset(present)))
         return False
-    try:
-        built: dict[str, str] = importlib.import_module("fintrace._build").COMPILED
-    except ImportError:
-        built = {}  # no build recorded what it compiled
-    old = stale(built, present)
+    old = stale(recorded(), present)
     if old:
         warnings.warn(
             "fintrace: the compiled form of "

@@ -75,9 +75,6 @@ class Tombstone:
 
     __slots__ = ("base_a", "base_b", "capture", "closing", "key_a", "key_b", "last_ts", "stream")
 
-    #: Never quiet: the hot loop sends every segment that finds one to the slow path.
-    quiet = False
-
     def __init__(self, conn: Tracker) -> None:
         self.stream = conn.stream
         self.capture = conn.file_spans[-1][0]
@@ -87,10 +84,6 @@ class Tombstone:
         self.base_b = conn.b.ws_base
         self.closing = conn.ws_closing
         self.last_ts = conn.last_ts
-
-    @property
-    def conn(self) -> Tombstone:
-        return self
 
 
 #: Before a frozen connection's :func:`~fintrace.tracker.freeze` bytes: its file
@@ -320,8 +313,7 @@ class FlowTable:
         blob = self.frozen.pop(lower, None)
         if blob is None:
             return None
-        conn = _thaw_filed(lower, upper, blob)
-        self.thaws += 1
+        conn = self._thaw_filed(lower, upper, blob)
         self.table[conn.a.key] = conn.a
         self.table[conn.b.key] = conn.b
         self.live[conn] = None
@@ -394,15 +386,14 @@ class FlowTable:
                 capture, stream, _ = order(frozen[keys[-1]])
                 if not live or (capture, stream) < (live[-1].capture, live[-1].stream):
                     lower = keys.pop()
-                    self.thaws += 1
-                    yield _thaw_filed(lower, reverse_key(lower), frozen.pop(lower))
+                    yield self._thaw_filed(lower, reverse_key(lower), frozen.pop(lower))
                     continue
             yield live.pop()
 
-
-def _thaw_filed(lower: bytes, upper: bytes, blob: bytes) -> Tracker:
-    """The tracker of a frozen connection filed under ``lower``."""
-    lower_a = blob[_FROZEN_HEAD.size - 1]
-    return thaw(
-        memoryview(blob)[_FROZEN_HEAD.size :], *((lower, upper) if lower_a else (upper, lower))
-    )
+    def _thaw_filed(self, lower: bytes, upper: bytes, blob: bytes) -> Tracker:
+        """The tracker of a frozen connection filed under ``lower``."""
+        self.thaws += 1
+        lower_a = blob[_FROZEN_HEAD.size - 1]
+        return thaw(
+            memoryview(blob)[_FROZEN_HEAD.size :], *((lower, upper) if lower_a else (upper, lower))
+        )

@@ -48,7 +48,7 @@ from fintrace.model import (
 )
 from fintrace.reader import CaptureFile, first_timestamp
 from fintrace.reassembly import Reassembler
-from fintrace.tracker import Half, Tracker, release
+from fintrace.tracker import Tracker, release
 
 T = TypeVar("T")
 
@@ -150,12 +150,6 @@ def ip_text(raw: bytes) -> str:
         af = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
         text = _IP_TEXT[raw] = socket.inet_ntop(af, raw)
     return text
-
-
-def endpoint(half: Half) -> Endpoint:
-    key = half.key
-    n = 4 if len(key) == 12 else 16
-    return Endpoint(ip_text(key[:n]), (key[2 * n] << 8) | key[2 * n + 1])
 
 
 class Run:

@@ -32,11 +32,7 @@ REQUIRE_COMPILED = os.environ.get("FINTRACE_REQUIRE_COMPILED") == "1"
 def build_is_compiled() -> bool:
     """Whether this install runs compiled without FINTRACE_PURE (which this run may have set)."""
     present = _native.compiled_modules()
-    try:
-        built: dict[str, str] = importlib.import_module("fintrace._build").COMPILED
-    except ImportError:
-        built = {}
-    return bool(present) and not _native.stale(built, present)
+    return bool(present) and not _native.stale(_native.recorded(), present)
 
 
 def without_pure() -> dict[str, str]:
