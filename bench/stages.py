@@ -6,10 +6,8 @@ Runs the pipeline on one capture, stage by stage, in this process (the
 collector paused, as ``analyze`` pauses it), and prints the best of
 ``--rounds`` for each:
 
-* ``read``: the reader's records, nothing decoded;
-* ``decode``: read and decode to segments;
-* ``lookup``: read, decode and one dictionary lookup per segment by its flow
-  key, and nothing else: the floor under any pure-Python flow table;
+* ``read``: the reader's records, handed to a sink that drops them;
+* ``decode``: read and decode to segments, handed to a sink that drops them;
 * ``table``: read, decode and the flow table with its state trackers (every
   connection finished, none classified);
 * ``finish``: classify, build the records, aggregate (the Zeek
@@ -17,9 +15,8 @@ collector paused, as ``analyze`` pauses it), and prints the best of
   the table stage gave;
 * ``render``: the jsonl text of those records.
 
-``read``, ``decode`` and ``table`` each include the stage before, and
-``lookup`` is ``decode`` with the lookups added; ``finish`` and ``render``
-are on their own. table + finish + render is about what ``fintrace analyze
+``read``, ``decode`` and ``table`` each include the stage before;
+``finish`` and ``render`` are on their own. table + finish + render is about what ``fintrace analyze
 --format jsonl`` takes. Not a test: a measurement, for
 ``docs/performance.md``.
 """
@@ -32,10 +29,10 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from fintrace.decode import DecodeStats, segments
+from fintrace.decode import Decoder, DecodeStats, SegmentSink
 from fintrace.flowtable import FlowTable
 from fintrace.pipeline import AnalyzeOptions, CaptureInfo, Run
-from fintrace.reader import CaptureFile
+from fintrace.reader import CaptureFile, RecordSink
 from fintrace.reassembly import Reassembler
 from fintrace.render.jsonout import connection_json
 
@@ -47,39 +44,34 @@ if TYPE_CHECKING:
 
 
 def read(path: str) -> int:
-    n = 0
     with CaptureFile(path) as cap:
-        for _ in cap.records():
-            n += 1
-    return n
+        while cap.pump(RecordSink()):
+            pass
+    return 0
 
 
-def decode(path: str) -> int:
+def decode(path: str) -> tuple[int, int]:
     skipped: Counter[str] = Counter()
-    n = 0
+    stats = DecodeStats(skipped)
+    decoder = Decoder(SegmentSink(), stats, Reassembler(skipped))
     with CaptureFile(path) as cap:
-        for _ in segments(cap.records(), DecodeStats(skipped), Reassembler(skipped)):
-            n += 1
-    return n
-
-
-def lookup(path: str) -> int:
-    skipped: Counter[str] = Counter()
-    seen: dict[bytes, int] = {}
-    get = seen.get
-    with CaptureFile(path) as cap:
-        for seg in segments(cap.records(), DecodeStats(skipped), Reassembler(skipped)):
-            if get(seg[2]) is None:
-                seen[seg[2]] = 1
-    return len(seen)
+        while cap.pump(decoder):
+            pass
+    decoder.finish()
+    return stats.frames, stats.frames - sum(skipped.values())
 
 
 def table(path: str, options: AnalyzeOptions) -> list[Tracker]:
     skipped: Counter[str] = Counter()
     t = FlowTable(linger=options.linger_s, remember=options.remember_s)
+    decoder = Decoder(t, DecodeStats(skipped), Reassembler(skipped))
+    done: list[Tracker] = []
     with CaptureFile(path) as cap:
-        done = list(t.consume(segments(cap.records(), DecodeStats(skipped), Reassembler(skipped))))
-    return done + list(t.drain())
+        while cap.pump(decoder):
+            done += [c for c, _ in t.finished]
+            t.finished = []
+    decoder.finish()
+    return done + [c for c, _ in t.finished] + list(t.drain())
 
 
 def best(rounds: int, work: Callable[[], Any]) -> tuple[float, Any]:
@@ -101,9 +93,8 @@ def main() -> None:
     path = a.capture
     options = AnalyzeOptions(paths=(path,))
     gc.disable()
-    t_read, packets = best(a.rounds, lambda: read(path))
-    t_decode, segs = best(a.rounds, lambda: decode(path))
-    t_lookup, keys = best(a.rounds, lambda: lookup(path))
+    t_read, _ = best(a.rounds, lambda: read(path))
+    t_decode, (packets, segs) = best(a.rounds, lambda: decode(path))
     t_table, _ = best(a.rounds, lambda: len(table(path, options)))
 
     # Trackers are released as they are finished: each round needs its own.
@@ -125,7 +116,6 @@ def main() -> None:
     rows = [
         ("read", t_read, f"{packets:,} records"),
         ("+ decode", t_decode, f"{segs:,} segments"),
-        ("+ one dict lookup per segment (floor)", t_lookup, f"{keys:,} flow keys"),
         ("+ flow table and trackers", t_table, f"{conns:,} connections"),
         (
             "finish (classify, records, aggregate)",

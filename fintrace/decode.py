@@ -1,8 +1,12 @@
 """Decode packet records into TCP segments.
 
-:func:`segments` turns the reader's records into one plain tuple per TCP
-segment (see :data:`Segment`). It has two paths that must agree exactly (a
-test runs both over every capture): a fast path, inline in the loop, for the
+:class:`Decoder` is a :class:`~fintrace.reader.RecordSink`: it decodes each
+packet record the reader gives it and hands the TCP segment to a
+:class:`SegmentSink` (the flow table, in ``analyze``) as the fields of a
+:data:`Segment`, so no object is made per packet on the way.
+:func:`segments` does the same over record tuples and yields segment tuples.
+The decoder has two paths that must agree exactly (a test runs both over
+every capture): a fast path, inline in :meth:`Decoder.record`, for the
 shapes that make up nearly all traffic (Ethernet, Linux cooked and raw IP
 carrying an unfragmented IPv4 or IPv6 packet with TCP right after the IP
 header), and :func:`decode_packet`, the general path, for everything else:
@@ -25,6 +29,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from fintrace.model import SkipReason
+from fintrace.reader import LT_NO_PACKET, RecordSink
 from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
@@ -63,8 +68,6 @@ LT_RAW_14: Final = 14
 LT_LOOP: Final = 108
 LT_RAW: Final = 101
 LT_LINUX_SLL: Final = 113
-#: A pcapng record numbered as a frame that holds no packet (see reader).
-LT_NO_PACKET: Final = -1
 LT_IPV4: Final = 228
 LT_IPV6: Final = 229
 LT_LINUX_SLL2: Final = 276
@@ -614,6 +617,200 @@ class DecodeStats:
         self.last_ts: float | None = None
 
 
+class SegmentSink:
+    """Where a :class:`Decoder` puts each TCP segment; this one drops them.
+
+    The arguments are the fields of a :data:`Segment`. The flow table is
+    one, so that no object is made per segment on the way to it.
+    """
+
+    def segment(
+        self,
+        frame: int,
+        ts: float,
+        key: bytes,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> None:
+        pass
+
+
+class SegmentList(SegmentSink):
+    """Keeps the segments it is given as :data:`Segment` tuples."""
+
+    def __init__(self) -> None:
+        self.items: list[Segment] = []
+
+    def segment(
+        self,
+        frame: int,
+        ts: float,
+        key: bytes,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> None:
+        self.items.append((frame, ts, key, seq, ack, flags, plen, win, wscale))
+
+
+class Decoder(RecordSink):
+    """Decodes each packet record it is given into a TCP segment for ``sink``.
+
+    What is not a TCP segment is counted in ``stats``, under its reason.
+    Frames are numbered from 1 in record order; :meth:`finish` writes the
+    count and the last time into ``stats``. ``general_only`` sends every
+    packet through :func:`decode_packet` (the tests prove both paths agree).
+    """
+
+    def __init__(
+        self,
+        sink: SegmentSink,
+        stats: DecodeStats,
+        frags: Reassembler,
+        *,
+        general_only: bool = False,
+    ) -> None:
+        self.sink = sink
+        self.stats = stats
+        self.skipped = stats.skipped
+        self.frags = frags
+        self.fast = not general_only
+        self.frame = 0
+        self.last_ts = 0.0
+        # Module globals are dictionary lookups for compiled code; fields are not.
+        self._e4 = _E4
+        self._f4 = _F4
+        self._f6 = _F6
+
+    def finish(self) -> None:
+        """Write what was seen into the stats (records may still come after)."""
+        self.stats.frames = self.frame
+        if self.frame:
+            self.stats.last_ts = self.last_ts
+
+    def record(self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, lt: int) -> None:
+        frame = self.frame + 1
+        self.frame = frame
+        self.last_ts = ts
+        if frame == 1:
+            self.stats.first_ts = ts
+        # The header fields the fast path unpacks, declared so that compiled code
+        # keeps them as machine integers (struct gives objects of any type).
+        et: int
+        vihl: int
+        total: int
+        frag: int
+        proto: int
+        nh: int
+        seq: int
+        ack: int
+        offb: int
+        flags: int
+        win: int
+        plen: int
+        # Fast path: where the IP header starts and its version (0: none).
+        if not self.fast:
+            ver = 0
+        elif lt == LT_ETHERNET:
+            ip = off + 14
+            if caplen >= 54:
+                # Ethernet + IPv4 (most traffic): ethertype, IP and TCP in one unpack.
+                et, vihl, total, frag, proto, seq, ack, offb, flags, win = self._e4(buf, off)
+                if et == ET_IPV4:
+                    ver = 4
+                elif et == ET_IPV6 and caplen >= 74:
+                    ver = 6
+                else:
+                    ver = 0
+            else:
+                ver = 0
+        elif lt == LT_LINUX_SLL:
+            ip = off + 16
+            if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
+                ver = 4
+            elif caplen >= 76 and buf[off + 14] == 0x86 and buf[off + 15] == 0xDD:
+                ver = 6
+            else:
+                ver = 0
+        elif lt == LT_LINUX_SLL2:
+            ip = off + 20
+            if caplen >= 60 and buf[off] == 8 and buf[off + 1] == 0:
+                ver = 4
+            elif caplen >= 80 and buf[off] == 0x86 and buf[off + 1] == 0xDD:
+                ver = 6
+            else:
+                ver = 0
+        elif lt in (LT_RAW, LT_IPV4, LT_IPV6):
+            ip = off
+            ver = buf[off] >> 4 if caplen >= 40 else 0
+            if ver == 6 and caplen < 60:
+                ver = 0
+            elif lt == LT_IPV6 and ver != 6:
+                ver = 0  # the general path says what is wrong
+        else:
+            ver = 0
+        if ver == 4:
+            hdr = ip - off
+            if lt != LT_ETHERNET:  # Ethernet's unpack read these already
+                vihl, total, frag, proto, seq, ack, offb, flags, win = self._f4(buf, ip)
+            # TCP right after a 20-byte header, not a fragment, lengths that
+            # add up inside the frame, a SYN's options all captured.
+            if (
+                vihl == 0x45
+                and proto == 6
+                and not frag & 0x3FFF
+                and offb >= 0x50
+                and 40 <= total <= origlen - hdr
+            ):
+                hlen = (offb >> 4) << 2
+                plen = total - 20 - hlen
+                if plen >= 0:
+                    key = buf[ip + 12 : ip + 24]
+                    if not flags & SYN:
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, -1)
+                        return
+                    ws = _syn_window_scale(buf, ip + 20, hlen, off + caplen)
+                    if ws is not None:
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
+                        return
+        elif ver == 6:
+            hdr = ip - off
+            plen, nh, seq, ack, offb, flags, win = self._f6(buf, ip)
+            if (
+                nh == 6
+                and buf[ip] >> 4 == 6
+                and offb >= 0x50
+                and plen
+                and plen + 40 <= origlen - hdr
+            ):
+                hlen = (offb >> 4) << 2
+                plen -= hlen
+                if plen >= 0:
+                    key = buf[ip + 8 : ip + 44]
+                    if not flags & SYN:
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, -1)
+                        return
+                    ws = _syn_window_scale(buf, ip + 40, hlen, off + caplen)
+                    if ws is not None:
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
+                        return
+        # General path.
+        d = decode_packet(lt, buf[off : off + caplen], origlen, self.frags, frame)
+        if type(d) is Decoded:
+            self.sink.segment(
+                frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
+            )
+        else:
+            self.skipped[d] += 1  # type: ignore[index]
+
+
 def segments(
     records: Iterator[Record],
     stats: DecodeStats,
@@ -623,128 +820,15 @@ def segments(
 ) -> Iterator[Segment]:
     """Every TCP segment of ``records``; what is not one is counted in ``stats``.
 
-    Frames are numbered from 1 in record order. ``general_only`` sends every
-    packet through :func:`decode_packet` (the tests prove both paths agree).
+    :class:`Decoder` over records given as tuples, with its segments as tuples.
     """
-    fast = not general_only
-    e4 = _E4
-    f4 = _F4
-    f6 = _F6
-    # The header fields the fast path unpacks, declared so that compiled code
-    # keeps them as machine integers (struct gives objects of any type).
-    et: int
-    vihl: int
-    total: int
-    frag: int
-    proto: int
-    nh: int
-    seq: int
-    ack: int
-    offb: int
-    flags: int
-    win: int
-    plen: int
-    skipped = stats.skipped
-    frame = 0
-    ts = 0.0
+    out = SegmentList()
+    items = out.items
+    decoder = Decoder(out, stats, frags, general_only=general_only)
     try:
         for ts, buf, off, caplen, origlen, lt in records:
-            frame += 1
-            if frame == 1:
-                stats.first_ts = ts
-            # Fast path: where the IP header starts and its version (0: none).
-            if not fast:
-                ver = 0
-            elif lt == LT_ETHERNET:
-                ip = off + 14
-                if caplen >= 54:
-                    # Ethernet + IPv4 (most traffic): ethertype, IP and TCP in one unpack.
-                    et, vihl, total, frag, proto, seq, ack, offb, flags, win = e4(buf, off)
-                    if et == ET_IPV4:
-                        ver = 4
-                    elif et == ET_IPV6 and caplen >= 74:
-                        ver = 6
-                    else:
-                        ver = 0
-                else:
-                    ver = 0
-            elif lt == LT_LINUX_SLL:
-                ip = off + 16
-                if caplen >= 56 and buf[off + 14] == 8 and buf[off + 15] == 0:
-                    ver = 4
-                elif caplen >= 76 and buf[off + 14] == 0x86 and buf[off + 15] == 0xDD:
-                    ver = 6
-                else:
-                    ver = 0
-            elif lt == LT_LINUX_SLL2:
-                ip = off + 20
-                if caplen >= 60 and buf[off] == 8 and buf[off + 1] == 0:
-                    ver = 4
-                elif caplen >= 80 and buf[off] == 0x86 and buf[off + 1] == 0xDD:
-                    ver = 6
-                else:
-                    ver = 0
-            elif lt in (LT_RAW, LT_IPV4, LT_IPV6):
-                ip = off
-                ver = buf[off] >> 4 if caplen >= 40 else 0
-                if ver == 6 and caplen < 60:
-                    ver = 0
-                elif lt == LT_IPV6 and ver != 6:
-                    ver = 0  # the general path says what is wrong
-            else:
-                ver = 0
-            if ver == 4:
-                hdr = ip - off
-                if lt != LT_ETHERNET:  # Ethernet's unpack read these already
-                    vihl, total, frag, proto, seq, ack, offb, flags, win = f4(buf, ip)
-                # TCP right after a 20-byte header, not a fragment, lengths that
-                # add up inside the frame, a SYN's options all captured.
-                if (
-                    vihl == 0x45
-                    and proto == 6
-                    and not frag & 0x3FFF
-                    and offb >= 0x50
-                    and 40 <= total <= origlen - hdr
-                ):
-                    hlen = (offb >> 4) << 2
-                    plen = total - 20 - hlen
-                    if plen >= 0:
-                        key = buf[ip + 12 : ip + 24]
-                        if not flags & SYN:
-                            yield frame, ts, key, seq, ack, flags, plen, win, -1
-                            continue
-                        ws = _syn_window_scale(buf, ip + 20, hlen, off + caplen)
-                        if ws is not None:
-                            yield frame, ts, key, seq, ack, flags, plen, win, ws
-                            continue
-            elif ver == 6:
-                hdr = ip - off
-                plen, nh, seq, ack, offb, flags, win = f6(buf, ip)
-                if (
-                    nh == 6
-                    and buf[ip] >> 4 == 6
-                    and offb >= 0x50
-                    and plen
-                    and plen + 40 <= origlen - hdr
-                ):
-                    hlen = (offb >> 4) << 2
-                    plen -= hlen
-                    if plen >= 0:
-                        key = buf[ip + 8 : ip + 44]
-                        if not flags & SYN:
-                            yield frame, ts, key, seq, ack, flags, plen, win, -1
-                            continue
-                        ws = _syn_window_scale(buf, ip + 40, hlen, off + caplen)
-                        if ws is not None:
-                            yield frame, ts, key, seq, ack, flags, plen, win, ws
-                            continue
-            # General path.
-            d = decode_packet(lt, buf[off : off + caplen], origlen, frags, frame)
-            if type(d) is Decoded:
-                yield frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
-            else:
-                skipped[d] += 1  # type: ignore[index]
+            decoder.record(ts, buf, off, caplen, origlen, lt)
+            if items:
+                yield items.pop()
     finally:
-        stats.frames = frame
-        if frame:
-            stats.last_ts = ts
+        decoder.finish()

@@ -3,7 +3,7 @@
 Each connection is filed twice, under the flow key of each direction, so one
 dictionary lookup per segment finds the side that sent it. Plain data
 segments of an established connection take the fast path in
-:meth:`FlowTable.consume` and only move counters; every other segment goes
+:meth:`FlowTable.segment` and only move counters; every other segment goes
 to :meth:`~fintrace.tracker.Tracker.segment`.
 
 Streams are numbered exactly as Wireshark 4.0 (``packet-tcp.c``) numbers
@@ -45,7 +45,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment
+from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment, SegmentSink
 from fintrace.tracker import HALF, M32, Half, Tracker, freeze, release, thaw
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def _lower_key(key: bytes) -> tuple[bytes, bytes]:
     return (key, rkey) if key < rkey else (rkey, key)
 
 
-class FlowTable:
+class FlowTable(SegmentSink):
     """Connections by flow key, numbered as Wireshark numbers them."""
 
     def __init__(
@@ -132,6 +132,9 @@ class FlowTable:
         #: Connections frozen and thawed so far.
         self.freezes = 0
         self.thaws = 0
+        #: Connections :meth:`segment` finished, each with :attr:`now` when it
+        #: did (the time its verdict is given at), for the caller to take.
+        self.finished: list[tuple[Tracker, float]] = []
         #: Segments that reached a tombstone, per file index.
         self.late: dict[int, int] = {}
         self._next_check = 0.0
@@ -161,33 +164,54 @@ class FlowTable:
 
     # -- the hot loop -------------------------------------------------------------
 
+    def segment(
+        self,
+        frame: int,
+        ts: float,
+        key: bytes,
+        seq: int,
+        ack: int,
+        flags: int,
+        plen: int,
+        win: int,
+        wscale: int,
+    ) -> None:
+        """Feed one segment; connections it finishes go to :attr:`finished`."""
+        h = self.table.get(key)
+        # A tombstone takes the slow path untouched.
+        if type(h) is Half and flags & _FAST_MASK == ACK:
+            c = h.conn
+            if c.quiet:
+                c.packets += 1
+                c.last_frame = frame
+                c.last_ts = ts
+                h.packets += 1
+                h.last_ts = ts
+                h.win = win
+                if (ack - h.acked) & M32 < HALF:
+                    h.acked = ack
+                if plen:
+                    end = (seq + plen) & M32
+                    d = (end - h.nxt) & M32
+                    if d and d < HALF:
+                        h.bytes += d if d < plen else plen
+                        h.nxt = end
+                return
+        done = self._slow(h, frame, ts, key, seq, ack, flags, plen, win, wscale)
+        if done:
+            now = self.now
+            for conn in done:
+                self.finished.append((conn, now))
+
     def consume(self, segments: Iterable[Segment]) -> Iterator[Tracker]:
         """Feed segments; yield connections as they finish."""
-        # A tombstone takes the slow path untouched.
-        table = self.table
         for frame, ts, key, seq, ack, flags, plen, win, wscale in segments:
-            h = table.get(key)
-            if type(h) is Half and flags & _FAST_MASK == ACK:
-                c = h.conn
-                if c.quiet:
-                    c.packets += 1
-                    c.last_frame = frame
-                    c.last_ts = ts
-                    h.packets += 1
-                    h.last_ts = ts
-                    h.win = win
-                    if (ack - h.acked) & M32 < HALF:
-                        h.acked = ack
-                    if plen:
-                        end = (seq + plen) & M32
-                        d = (end - h.nxt) & M32
-                        if d and d < HALF:
-                            h.bytes += d if d < plen else plen
-                            h.nxt = end
-                    continue
-            done = self._slow(h, frame, ts, key, seq, ack, flags, plen, win, wscale)
-            if done:
-                yield from done
+            self.segment(frame, ts, key, seq, ack, flags, plen, win, wscale)
+            if self.finished:
+                done = self.finished
+                self.finished = []
+                for conn, _now in done:
+                    yield conn
 
     def _slow(
         self,

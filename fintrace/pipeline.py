@@ -27,7 +27,7 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 from fintrace import __version__
 from fintrace.aggregate import AggregateOptions, Aggregator
 from fintrace.classify import classify, roles
-from fintrace.decode import SUPPORTED_LINKTYPES, DecodeStats, segments
+from fintrace.decode import SUPPORTED_LINKTYPES, Decoder, DecodeStats
 from fintrace.errors import FintraceError
 from fintrace.flowtable import FREEZE_AFTER, FlowTable
 from fintrace.interop import community_id, zeek_conn_state
@@ -240,9 +240,26 @@ class Run:
         skipped: Counter[str] = Counter()
         frags = Reassembler(skipped)
         stats = DecodeStats(skipped)
-        records = cap.records() if self._progress is None else self._with_progress(cap)
-        for conn in table.consume(segments(records, stats, frags)):
-            yield self._connection(conn, table.now)
+        # One loop from the file's bytes to the table: the reader hands each
+        # record to the decoder, the decoder each segment to the table; between
+        # chunks of the file, the connections that finished are given out.
+        decoder = Decoder(table, stats, frags)
+        report = self._progress
+        done_before = sum(c.size_bytes for c in self.captures[:-1])
+        total = self.total_bytes
+        try:
+            more = True
+            while more:
+                more = cap.pump(decoder)
+                if table.finished:
+                    done = table.finished
+                    table.finished = []
+                    for conn, now in done:
+                        yield self._connection(conn, now)
+                if report is not None:
+                    report(done_before + (cap.position() if more else cap.size), total)
+        finally:
+            decoder.finish()
         frags.finish()
         info.packets = stats.frames
         info.first_ts = stats.first_ts
@@ -265,22 +282,6 @@ class Run:
             )
         if stats.last_ts is not None:
             self.end_ts = max(self.end_ts, stats.last_ts)
-
-    def _with_progress(self, cap: CaptureFile) -> Iterator[tuple[float, bytes, int, int, int, int]]:
-        if self._progress is None:
-            yield from cap.records()
-            return
-        done_before = sum(c.size_bytes for c in self.captures[:-1])
-        total = self.total_bytes
-        report = self._progress
-        step = 0
-        for rec in cap.records():
-            step += 1
-            if step >= 65536:
-                step = 0
-                report(done_before + cap.position(), total)
-            yield rec
-        report(done_before + cap.size, total)
 
     def _finish(self, table: FlowTable) -> Iterator[Connection]:
         # The capture ends at its last packet; table.now follows only the

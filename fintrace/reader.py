@@ -1,11 +1,14 @@
 """Read capture files: classic pcap and pcapng, plain or gzip-compressed.
 
-The reader knows containers, not protocols. :meth:`CaptureFile.records`
-yields one plain tuple per packet record, ``(ts, buf, offset, caplen,
-origlen, linktype)``, where ``buf[offset:offset + caplen]`` is the packet: the
-packet bytes are never copied, the file is read in large chunks and each
-record points into its chunk. Every packet record is a frame, numbered as
-Wireshark numbers ``frame.number``; other pcapng blocks are not.
+The reader knows containers, not protocols. :meth:`CaptureFile.pump` hands
+each packet record of the next chunk of the file to a :class:`RecordSink`
+(the decoder, in ``analyze``) as ``(ts, buf, offset, caplen, origlen,
+linktype)``, where ``buf[offset:offset + caplen]`` is the packet: the packet
+bytes are never copied, the file is read in large chunks and each record
+points into its chunk, and no object is made per record.
+:meth:`CaptureFile.records` yields the same as one plain tuple per record.
+Every packet record is a frame, numbered as Wireshark numbers
+``frame.number``; other pcapng blocks are not.
 
 Problems with a file as a whole raise :class:`~fintrace.errors.CaptureError`
 before the first record. Damage found later (a file cut off mid-record, a
@@ -20,9 +23,8 @@ import os
 import stat
 import struct
 import zlib
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Final
 
-from fintrace.decode import LT_NO_PACKET
 from fintrace.errors import CaptureError
 
 if TYPE_CHECKING:
@@ -48,6 +50,11 @@ PCAPNG_EPB = 6
 #: systemd journal export and custom blocks (copiable or not).
 PCAPNG_RECORD_BLOCKS = frozenset({9, 0x00000BAD, 0x40000BAD})
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
+#: A pcapng record numbered as a frame that holds no packet (linktype of its record).
+LT_NO_PACKET: Final = -1
+_PCAP_RECORD_LE = struct.Struct("<IIII").unpack_from
+_PCAPNG_HDR_LE = struct.Struct("<II").unpack_from
+_PCAPNG_EPB_LE = struct.Struct("<IIIII").unpack_from
 
 _PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -112,6 +119,19 @@ class CaptureFile:
         self.linktypes: list[int] = []
         self._stream: BinaryIO = raw
         self._read_problem: str | None = None
+        # Where pump() goes on: the chunk in hand and the next record in it.
+        self._buf = b""
+        self._off = 0
+        self._consumed_before = 0
+        self._ended = False
+        self._pcap = False
+        # pcap: its record header; pcapng: block and packet headers, interfaces
+        # (linktype, seconds per tick, offset seconds, snaplen), the last time.
+        self._rec = _PCAP_RECORD_LE
+        self._hdr = _PCAPNG_HDR_LE
+        self._epb = _PCAPNG_EPB_LE
+        self._ifaces: list[tuple[int, float, float, int]] = []
+        self._last_ts = 0.0
         try:
             # peek, not read and seek back: a pipe (``<(zcat x.pcap)``) cannot seek.
             head = raw.peek(4)[:4]
@@ -230,48 +250,54 @@ class CaptureFile:
         # The top bits of the link type field carry FCS information.
         self.linktypes = [network & 0x03FFFFFF]
         self.snaplen = snaplen
+        self._pcap = True
+        self._rec = struct.Struct(endian + "IIII").unpack_from
+        self._buf = self._head
+        self._off = 24
 
-    def _pcap_records(self) -> Iterator[Record]:
-        rec = struct.Struct(self._endian + "IIII").unpack_from
+    def _pump_pcap(self, sink: RecordSink) -> bool:
+        rec = self._rec
         scale = self._scale
         linktype = self.linktypes[0]
-        buf = self._head
-        off = 24
+        buf = self._buf
+        off = self._off
+        end = len(buf)
         # Declared: compiled code keeps them as machine integers.
         sec: int
         frac: int
         caplen: int
         origlen: int
-        while True:
-            end = len(buf)
-            while off + 16 <= end:
-                sec, frac, caplen, origlen = rec(buf, off)
-                start = off + 16
-                nxt = start + caplen
-                if caplen > MAX_RECORD:
-                    self.warnings.append(
-                        f"a record at byte {self._abs(off, end)} claims {caplen} bytes "
-                        f"(more than {MAX_RECORD}); the file is damaged from there "
-                        "and was analysed up to that record"
-                    )
-                    self.truncated = True
-                    return
-                if nxt > end:
-                    break
-                yield sec + frac * scale, buf, start, caplen, origlen, linktype
-                off = nxt
-            more = self._read(CHUNK)
-            if not more:
-                if off < end:
-                    self._warn_truncated(
-                        f"the file ends inside a record ({end - off} bytes left over)"
-                    )
-                return
-            buf = buf[off:] + more
-            self._consumed_before += off
-            off = 0
+        while off + 16 <= end:
+            sec, frac, caplen, origlen = rec(buf, off)
+            start = off + 16
+            nxt = start + caplen
+            if caplen > MAX_RECORD:
+                self.warnings.append(
+                    f"a record at byte {self._abs(off, end)} claims {caplen} bytes "
+                    f"(more than {MAX_RECORD}); the file is damaged from there "
+                    "and was analysed up to that record"
+                )
+                self.truncated = True
+                return False
+            if nxt > end:
+                break
+            sink.record(sec + frac * scale, buf, start, caplen, origlen, linktype)
+            off = nxt
+        return self._refill(buf, off, "record")
 
-    _consumed_before = 0
+    def _refill(self, buf: bytes, off: int, unit: str) -> bool:
+        """Keep what is left of ``buf`` from ``off`` and read the next chunk after it."""
+        more = self._read(CHUNK)
+        if not more:
+            if off < len(buf):
+                self._warn_truncated(
+                    f"the file ends inside a {unit} ({len(buf) - off} bytes left over)"
+                )
+            return False
+        self._buf = buf[off:] + more
+        self._consumed_before += off
+        self._off = 0
+        return True
 
     def _abs(self, off: int, end: int) -> int:
         return self._consumed_before + off
@@ -289,6 +315,9 @@ class CaptureFile:
         endian = "<" if self._head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
         self.snaplen = 0
         self._endian = endian
+        self._hdr = struct.Struct(endian + "II").unpack_from
+        self._epb = struct.Struct(endian + "IIIII").unpack_from
+        self._buf = self._head
         # Interface link types are learnt while reading; scan the head for
         # the first section's interfaces so the caller can report them early.
         self.linktypes = []
@@ -309,122 +338,113 @@ class CaptureFile:
             return f"pcapng version {vmaj} is not supported"
         return None
 
-    def _pcapng_records(self) -> Iterator[Record]:
-        buf = self._head
-        off = 0
+    def _pump_pcapng(self, sink: RecordSink) -> bool:
+        buf = self._buf
+        off = self._off
         endian = self._endian
-        hdr = struct.Struct(endian + "II").unpack_from
-        epb = struct.Struct(endian + "IIIII").unpack_from
+        hdr = self._hdr
+        epb = self._epb
         # per interface: (linktype, seconds per tick, offset seconds, snaplen)
-        ifaces: list[tuple[int, float, float, int]] = []
-        last_ts = 0.0
+        ifaces = self._ifaces
+        last_ts = self._last_ts
+        end = len(buf)
         # Declared: compiled code keeps them as machine integers.
         btype: int
-        blen: int
+        blen: int = 0
         iface: int
         tsh: int
         tsl: int
         caplen: int
         origlen: int
-        while True:
-            end = len(buf)
-            try:
-                while off + 12 <= end:
-                    btype, blen = hdr(buf, off)
-                    if btype == PCAPNG_SHB:
-                        # A new section may switch byte order, its own length included.
-                        if off + 16 > end:
-                            break
-                        problem = self._section_problem(buf, off)
-                        if problem:
-                            self._damaged(problem)
-                            return
-                        endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-                        hdr = struct.Struct(endian + "II").unpack_from
-                        epb = struct.Struct(endian + "IIIII").unpack_from
-                        ifaces = []
-                        btype, blen = hdr(buf, off)
-                    if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                        self._damaged(
-                            f"a pcapng block at byte {self._abs(off, end)} "
-                            f"has an impossible length ({blen})"
-                        )
-                        return
-                    nxt = off + blen
-                    if nxt > end:
+        try:
+            while off + 12 <= end:
+                btype, blen = hdr(buf, off)
+                if btype == PCAPNG_SHB:
+                    # A new section may switch byte order, its own length included.
+                    if off + 16 > end:
                         break
-                    if btype == PCAPNG_EPB:
-                        iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
-                        # 28 bytes of header and the 4-byte trailing length.
-                        if 32 + caplen > blen:
-                            self._damaged(
-                                self._too_short("enhanced packet", off, end, blen)
-                                if blen < 32
-                                else f"a pcapng packet block at byte {self._abs(off, end)} "
-                                f"claims {caplen} bytes, more than the block holds"
-                            )
-                            return
-                        if iface >= len(ifaces):
-                            self._damaged(
-                                f"a packet block names interface {iface}, which was never described"
-                            )
-                            return
-                        lt, unit, tsoff, _snap = ifaces[iface]
-                        last_ts = ((tsh << 32) | tsl) * unit + tsoff
-                        yield last_ts, buf, off + 28, caplen, origlen, lt
-                    elif btype == PCAPNG_IDB:
-                        if blen < 20:
-                            self._damaged(self._too_short("interface", off, end, blen))
-                            return
-                        ifaces.append(self._interface(buf, off, blen, endian))
-                        if ifaces[-1][0] not in self.linktypes:
-                            self.linktypes.append(ifaces[-1][0])
-                    elif btype == PCAPNG_SPB:
-                        if not ifaces:
-                            self._damaged("a simple packet block comes before any interface")
-                            return
-                        if blen < 16:
-                            self._damaged(self._too_short("simple packet", off, end, blen))
-                            return
-                        (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
-                        lt, _unit, _tsoff, snap = ifaces[0]
-                        caplen = min(origlen, blen - 16, snap or origlen)
-                        # A simple packet block has no timestamp; keep time moving.
-                        yield last_ts, buf, off + 12, caplen, origlen, lt
-                    elif btype == PCAPNG_PB:
-                        if blen < 32:
-                            self._damaged(self._too_short("packet", off, end, blen))
-                            return
-                        iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
-                            endian + "HHIIII", buf, off + 8
-                        )
-                        if iface >= len(ifaces) or 32 + caplen > blen:
-                            self._damaged(
-                                f"a packet block at byte {self._abs(off, end)} is corrupt"
-                            )
-                            return
-                        lt, unit, tsoff, _snap = ifaces[iface]
-                        last_ts = ((tsh << 32) | tsl) * unit + tsoff
-                        yield last_ts, buf, off + 28, caplen, origlen, lt
-                    elif btype in PCAPNG_RECORD_BLOCKS:
-                        # Takes a frame number in Wireshark; the decoder counts it.
-                        yield last_ts, buf, off, 0, 0, LT_NO_PACKET
-                    off = nxt
-            except struct.error:
-                # Only an enhanced packet block shorter than its fixed fields,
-                # at the very end of the data read, gets here.
-                self._damaged(self._too_short("enhanced packet", off, end, blen))
-                return
-            more = self._read(CHUNK)
-            if not more:
-                if off < end:
-                    self._warn_truncated(
-                        f"the file ends inside a block ({end - off} bytes left over)"
+                    problem = self._section_problem(buf, off)
+                    if problem:
+                        self._damaged(problem)
+                        return False
+                    endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+                    hdr = self._hdr = struct.Struct(endian + "II").unpack_from
+                    epb = self._epb = struct.Struct(endian + "IIIII").unpack_from
+                    self._endian = endian
+                    ifaces = self._ifaces = []
+                    btype, blen = hdr(buf, off)
+                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                    self._damaged(
+                        f"a pcapng block at byte {self._abs(off, end)} "
+                        f"has an impossible length ({blen})"
                     )
-                return
-            buf = buf[off:] + more
-            self._consumed_before += off
-            off = 0
+                    return False
+                nxt = off + blen
+                if nxt > end:
+                    break
+                if btype == PCAPNG_EPB:
+                    iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
+                    # 28 bytes of header and the 4-byte trailing length.
+                    if 32 + caplen > blen:
+                        self._damaged(
+                            self._too_short("enhanced packet", off, end, blen)
+                            if blen < 32
+                            else f"a pcapng packet block at byte {self._abs(off, end)} "
+                            f"claims {caplen} bytes, more than the block holds"
+                        )
+                        return False
+                    if iface >= len(ifaces):
+                        self._damaged(
+                            f"a packet block names interface {iface}, which was never described"
+                        )
+                        return False
+                    lt, unit, tsoff, _snap = ifaces[iface]
+                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                    self._last_ts = last_ts
+                    sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
+                elif btype == PCAPNG_IDB:
+                    if blen < 20:
+                        self._damaged(self._too_short("interface", off, end, blen))
+                        return False
+                    ifaces.append(self._interface(buf, off, blen, endian))
+                    if ifaces[-1][0] not in self.linktypes:
+                        self.linktypes.append(ifaces[-1][0])
+                elif btype == PCAPNG_SPB:
+                    if not ifaces:
+                        self._damaged("a simple packet block comes before any interface")
+                        return False
+                    if blen < 16:
+                        self._damaged(self._too_short("simple packet", off, end, blen))
+                        return False
+                    (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
+                    lt, _unit, _tsoff, snap = ifaces[0]
+                    caplen = min(origlen, blen - 16, snap or origlen)
+                    # A simple packet block has no timestamp; keep time moving.
+                    sink.record(last_ts, buf, off + 12, caplen, origlen, lt)
+                elif btype == PCAPNG_PB:
+                    if blen < 32:
+                        self._damaged(self._too_short("packet", off, end, blen))
+                        return False
+                    iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
+                        endian + "HHIIII", buf, off + 8
+                    )
+                    if iface >= len(ifaces) or 32 + caplen > blen:
+                        self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
+                        return False
+                    lt, unit, tsoff, _snap = ifaces[iface]
+                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                    self._last_ts = last_ts
+                    sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
+                elif btype in PCAPNG_RECORD_BLOCKS:
+                    # Takes a frame number in Wireshark; the decoder counts it.
+                    sink.record(last_ts, buf, off, 0, 0, LT_NO_PACKET)
+                off = nxt
+        except struct.error:
+            # Only an enhanced packet block shorter than its fixed fields,
+            # at the very end of the data read, gets here.
+            self._damaged(self._too_short("enhanced packet", off, end, blen))
+            return False
+        return self._refill(buf, off, "block")
 
     def _too_short(self, kind: str, off: int, end: int, blen: int) -> str:
         return f"a pcapng {kind} block at byte {self._abs(off, end)} is too short ({blen} bytes)"
@@ -457,11 +477,55 @@ class CaptureFile:
 
     # -- public ---------------------------------------------------------------
 
+    def pump(self, sink: RecordSink) -> bool:
+        """Give ``sink`` every packet record of the next chunk of the file, in order.
+
+        False once the file has no more (it ended, or is damaged from there on:
+        see :attr:`warnings`). One call reads at most :data:`CHUNK` bytes, so
+        a caller can report progress and hand on results between calls.
+        """
+        if self._ended:
+            return False
+        more = self._pump_pcap(sink) if self._pcap else self._pump_pcapng(sink)
+        if not more:
+            self._ended = True
+            self._buf = b""
+        return more
+
     def records(self) -> Iterator[Record]:
-        """Every packet record of the file, in file order."""
-        if self.format == "pcap":
-            return self._pcap_records()
-        return self._pcapng_records()
+        """Every packet record of the file, in file order, as tuples."""
+        out = RecordList()
+        items = out.items
+        more = True
+        while more:
+            more = self.pump(out)
+            yield from items
+            items.clear()
+
+
+class RecordSink:
+    """Where :meth:`CaptureFile.pump` puts each packet record; this one drops them.
+
+    ``buf[off:off + caplen]`` is the packet: ``buf`` is the chunk of the file
+    being read, never copied per packet.
+    """
+
+    def record(
+        self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, linktype: int
+    ) -> None:
+        pass
+
+
+class RecordList(RecordSink):
+    """Keeps the records it is given as :data:`Record` tuples."""
+
+    def __init__(self) -> None:
+        self.items: list[Record] = []
+
+    def record(
+        self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, linktype: int
+    ) -> None:
+        self.items.append((ts, buf, off, caplen, origlen, linktype))
 
 
 def first_timestamp(path: str) -> float | None:
