@@ -29,7 +29,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from fintrace.model import SkipReason
-from fintrace.reader import LT_NO_PACKET, RecordSink
+from fintrace.reader import LT_NO_PACKET, RecordSink, u32_be
 from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
@@ -117,13 +117,6 @@ _ipv4 = struct.Struct(">BxHHHxB").unpack_from  # vihl, total, id, frag, proto
 _ipv6 = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
 _tcp = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
 _tcp_short = struct.Struct(">IIBBH").unpack_from
-
-# Fast path layouts. Ethernet + IPv4 from the start of the frame: ethertype,
-# then the IPv4 and TCP fields below.
-_E4 = struct.Struct(">12xHBxH2xHxB10x4xIIBBH").unpack_from
-# Offsets from the start of the IP header.
-_F4 = struct.Struct(">BxH2xHxB10x4xIIBBH").unpack_from  # vihl,len,frag,proto,seq,ack,off,flags,win
-_F6 = struct.Struct(">4xHB33x4xIIBBH").unpack_from  # plen, nh, seq, ack, off, flags, win
 
 
 class Decoded:
@@ -684,10 +677,6 @@ class Decoder(RecordSink):
         self.fast = not general_only
         self.frame = 0
         self.last_ts = 0.0
-        # Module globals are dictionary lookups for compiled code; fields are not.
-        self._e4 = _E4
-        self._f4 = _F4
-        self._f6 = _F6
 
     def finish(self) -> None:
         """Write what was seen into the stats (records may still come after)."""
@@ -701,28 +690,15 @@ class Decoder(RecordSink):
         self.last_ts = ts
         if frame == 1:
             self.stats.first_ts = ts
-        # The header fields the fast path unpacks, declared so that compiled code
-        # keeps them as machine integers (struct gives objects of any type).
-        et: int
-        vihl: int
-        total: int
-        frag: int
-        proto: int
-        nh: int
-        seq: int
-        ack: int
-        offb: int
-        flags: int
-        win: int
-        plen: int
-        # Fast path: where the IP header starts and its version (0: none).
+        # Fast path: where the IP header starts and its version (0: none). Fields
+        # are read byte by byte: compiled, that makes no object, where struct
+        # makes a tuple and an int for each.
         if not self.fast:
             ver = 0
         elif lt == LT_ETHERNET:
             ip = off + 14
             if caplen >= 54:
-                # Ethernet + IPv4 (most traffic): ethertype, IP and TCP in one unpack.
-                et, vihl, total, frag, proto, seq, ack, offb, flags, win = self._e4(buf, off)
+                et = (buf[off + 12] << 8) | buf[off + 13]
                 if et == ET_IPV4:
                     ver = 4
                 elif et == ET_IPV6 and caplen >= 74:
@@ -757,49 +733,73 @@ class Decoder(RecordSink):
         else:
             ver = 0
         if ver == 4:
-            hdr = ip - off
-            if lt != LT_ETHERNET:  # Ethernet's unpack read these already
-                vihl, total, frag, proto, seq, ack, offb, flags, win = self._f4(buf, ip)
             # TCP right after a 20-byte header, not a fragment, lengths that
             # add up inside the frame, a SYN's options all captured.
+            t = ip + 20
+            total = (buf[ip + 2] << 8) | buf[ip + 3]
+            offb = buf[t + 12]
             if (
-                vihl == 0x45
-                and proto == 6
-                and not frag & 0x3FFF
+                buf[ip] == 0x45
+                and buf[ip + 9] == 6
+                and not buf[ip + 6] & 0x3F
+                and not buf[ip + 7]
                 and offb >= 0x50
-                and 40 <= total <= origlen - hdr
+                and 40 <= total <= origlen - (ip - off)
             ):
                 hlen = (offb >> 4) << 2
                 plen = total - 20 - hlen
                 if plen >= 0:
                     key = buf[ip + 12 : ip + 24]
-                    if not flags & SYN:
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, -1)
-                        return
-                    ws = _syn_window_scale(buf, ip + 20, hlen, off + caplen)
-                    if ws is not None:
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
+                    flags = buf[t + 13]
+                    ws = -1
+                    if flags & SYN:
+                        syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
+                        ws = -2 if syn_ws is None else syn_ws
+                    if ws != -2:
+                        self.sink.segment(
+                            frame,
+                            ts,
+                            key,
+                            u32_be(buf, t + 4),
+                            u32_be(buf, t + 8),
+                            flags,
+                            plen,
+                            (buf[t + 14] << 8) | buf[t + 15],
+                            ws,
+                        )
                         return
         elif ver == 6:
-            hdr = ip - off
-            plen, nh, seq, ack, offb, flags, win = self._f6(buf, ip)
+            t = ip + 40
+            plen = (buf[ip + 4] << 8) | buf[ip + 5]
+            offb = buf[t + 12]
             if (
-                nh == 6
+                buf[ip + 6] == 6
                 and buf[ip] >> 4 == 6
                 and offb >= 0x50
                 and plen
-                and plen + 40 <= origlen - hdr
+                and plen + 40 <= origlen - (ip - off)
             ):
                 hlen = (offb >> 4) << 2
                 plen -= hlen
                 if plen >= 0:
                     key = buf[ip + 8 : ip + 44]
-                    if not flags & SYN:
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, -1)
-                        return
-                    ws = _syn_window_scale(buf, ip + 40, hlen, off + caplen)
-                    if ws is not None:
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
+                    flags = buf[t + 13]
+                    ws = -1
+                    if flags & SYN:
+                        syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
+                        ws = -2 if syn_ws is None else syn_ws
+                    if ws != -2:
+                        self.sink.segment(
+                            frame,
+                            ts,
+                            key,
+                            u32_be(buf, t + 4),
+                            u32_be(buf, t + 8),
+                            flags,
+                            plen,
+                            (buf[t + 14] << 8) | buf[t + 15],
+                            ws,
+                        )
                         return
         # General path.
         d = decode_packet(lt, buf[off : off + caplen], origlen, self.frags, frame)

@@ -52,7 +52,6 @@ PCAPNG_RECORD_BLOCKS = frozenset({9, 0x00000BAD, 0x40000BAD})
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 #: A pcapng record numbered as a frame that holds no packet (linktype of its record).
 LT_NO_PACKET: Final = -1
-_PCAP_RECORD_LE = struct.Struct("<IIII").unpack_from
 _PCAPNG_HDR_LE = struct.Struct("<II").unpack_from
 _PCAPNG_EPB_LE = struct.Struct("<IIIII").unpack_from
 
@@ -72,6 +71,16 @@ _COMPRESSED = {
     b"\xfd\x37\x7a\x58": "xz",
     b"\x42\x5a\x68": "bzip2",
 }
+
+
+def u32_le(buf: bytes, i: int) -> int:
+    """The little-endian 32-bit number at ``buf[i:i + 4]`` (compiled: no object made)."""
+    return buf[i] | (buf[i + 1] << 8) | (buf[i + 2] << 16) | (buf[i + 3] << 24)
+
+
+def u32_be(buf: bytes, i: int) -> int:
+    """The big-endian 32-bit number at ``buf[i:i + 4]`` (compiled: no object made)."""
+    return (buf[i] << 24) | (buf[i + 1] << 16) | (buf[i + 2] << 8) | buf[i + 3]
 
 
 def _open(path: str) -> io.BufferedReader:
@@ -125,9 +134,8 @@ class CaptureFile:
         self._consumed_before = 0
         self._ended = False
         self._pcap = False
-        # pcap: its record header; pcapng: block and packet headers, interfaces
-        # (linktype, seconds per tick, offset seconds, snaplen), the last time.
-        self._rec = _PCAP_RECORD_LE
+        # pcapng: block and packet headers, interfaces (linktype, seconds per
+        # tick, offset seconds, snaplen), the last time.
         self._hdr = _PCAPNG_HDR_LE
         self._epb = _PCAPNG_EPB_LE
         self._ifaces: list[tuple[int, float, float, int]] = []
@@ -251,24 +259,28 @@ class CaptureFile:
         self.linktypes = [network & 0x03FFFFFF]
         self.snaplen = snaplen
         self._pcap = True
-        self._rec = struct.Struct(endian + "IIII").unpack_from
         self._buf = self._head
         self._off = 24
 
     def _pump_pcap(self, sink: RecordSink) -> bool:
-        rec = self._rec
+        little = self._endian == "<"
         scale = self._scale
         linktype = self.linktypes[0]
         buf = self._buf
         off = self._off
         end = len(buf)
-        # Declared: compiled code keeps them as machine integers.
-        sec: int
-        frac: int
-        caplen: int
-        origlen: int
         while off + 16 <= end:
-            sec, frac, caplen, origlen = rec(buf, off)
+            # Byte by byte: compiled, that makes no object (struct makes five).
+            if little:
+                sec = u32_le(buf, off)
+                frac = u32_le(buf, off + 4)
+                caplen = u32_le(buf, off + 8)
+                origlen = u32_le(buf, off + 12)
+            else:
+                sec = u32_be(buf, off)
+                frac = u32_be(buf, off + 4)
+                caplen = u32_be(buf, off + 8)
+                origlen = u32_be(buf, off + 12)
             start = off + 16
             nxt = start + caplen
             if caplen > MAX_RECORD:
