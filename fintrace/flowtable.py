@@ -418,6 +418,6 @@ class FlowTable(SegmentSink):
         """The tracker of a frozen connection filed under ``lower``."""
         self.thaws += 1
         lower_a = blob[_FROZEN_HEAD.size - 1]
-        return thaw(
-            memoryview(blob)[_FROZEN_HEAD.size :], *((lower, upper) if lower_a else (upper, lower))
-        )
+        if lower_a:
+            return thaw(blob, lower, upper, _FROZEN_HEAD.size)
+        return thaw(blob, upper, lower, _FROZEN_HEAD.size)
