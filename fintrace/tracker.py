@@ -23,7 +23,6 @@ what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 
 from __future__ import annotations
 
-import operator
 import struct
 from typing import Any, Final
 
@@ -552,37 +551,12 @@ def release(conn: Tracker) -> None:
 
 # -- compact form of an idle connection ----------------------------------------------
 
-_HALF_SLOTS = tuple(s for s in HALF_FIELDS if s not in ("conn", "peer", "key"))
-_TRACKER_SLOTS = tuple(
-    s for s in TRACKER_FIELDS if s not in ("a", "b", "anomalies", "transitions", "trace")
-)
-_HALF_REFS = ("first_fin", "rst_from")
-_HALF_REF_SLOTS = tuple(_TRACKER_SLOTS.index(name) for name in _HALF_REFS)
-_HALF_VALUES = operator.attrgetter(*_HALF_SLOTS)
-_TRACKER_VALUES = operator.attrgetter(*_TRACKER_SLOTS)
 #: States by number in the frozen form (a small int costs less than a name).
 _STATE_LIST = tuple(State)
 _STATE_CODE = {s: i for i, s in enumerate(_STATE_LIST)}
-_STATE_SLOT = _HALF_SLOTS.index("state")
 
-
-def _defaults(values: list[object]) -> tuple[object, ...]:
-    """A new tracker's values, left out of the frozen form (one tag byte each).
-
-    Only numbers: a slot that may hold None (``first_fin``, ``reuse``, ...)
-    starts as None anyway, which is one byte too. The type must match: 0 is
-    not 0.0, nor False.
-    """
-    return tuple(v if type(v) in (int, float, bool) else None for v in values)
-
-
-_NEW = Tracker(0, 0, b"", b"", 0, 0.0)
-_HALF_DEFAULTS = _defaults([getattr(_NEW.a, s) for s in _HALF_SLOTS])
-_TRACKER_DEFAULTS = _defaults([getattr(_NEW, s) for s in _TRACKER_SLOTS])
-del _NEW
-
-# The frozen form: the number of floats (a varint), the floats (8 bytes
-# each), then every value as a tag byte and what the tag says follows.
+# The frozen form: the number of distinct floats (a varint), those floats (8
+# bytes each), then every value as a tag byte and what the tag says follows.
 _DEFAULT: Final = 0  # the value a new tracker starts with
 _NONE: Final = 1
 _INT: Final = 2  # a varint
@@ -599,106 +573,89 @@ _SMALL: Final = 11
 _SMALL_FLOAT: Final = 128
 
 
-def freeze(conn: Tracker) -> bytes:
-    """The tracker, but for its flow keys, as one bytes object (about 190 bytes, from 2.7 KB).
+class _Freezing:
+    """Writes the values of a tracker as :func:`freeze` lays them out."""
 
-    For a connection that has gone idle and may stay so until the capture
-    ends: :func:`thaw` gives back an equal tracker when a segment comes.
-    Traced connections (``show``) are not frozen. The flow keys stay with
-    the caller; states are numbers, a value a new tracker starts with is
-    one byte, a number a varint or 8 bytes, and the transitions one flat list
-    of (side × 16 + state, frame, ts). Made and read by compiled code in
-    a few microseconds: no compression, no intermediate objects per value.
-    """
-    out: list[int] = []
-    floats: dict[float, int] = {}
-    a, b = conn.a, conn.b
-    code = _STATE_CODE
-    for h in (a, b):
-        v = list(_HALF_VALUES(h))
-        st = h.state
-        v[_STATE_SLOT] = -1 if st is None else code[st]
-        _put_slots(out, floats, v, _HALF_DEFAULTS)
-    t = list(_TRACKER_VALUES(conn))
-    for i in _HALF_REF_SLOTS:
-        t[i] = None if t[i] is None else (0 if t[i] is a else 1)
-    _put_slots(out, floats, t, _TRACKER_DEFAULTS)
-    anomalies = conn.anomalies
-    if anomalies is None:
-        out.append(_NONE)
-    else:
-        _put(out, floats, {str(k): n for k, n in anomalies.items()})
-    moves = conn.transitions
-    out.append(_LIST)
-    _varint(out, 3 * len(moves))
-    for h, st, frame, ts in moves:
-        _put(out, floats, (16 if h is b else 0) + code[st])
-        _put(out, floats, frame)
-        _put(out, floats, ts)
-    head: list[int] = []
-    _varint(head, len(floats))
-    return bytes(head) + struct.pack(f"<{len(floats)}d", *floats.keys()) + bytes(out)
+    def __init__(self) -> None:
+        self.out: list[int] = []
+        self.floats: dict[float, int] = {}
 
+    def blob(self) -> bytes:
+        head = _Freezing()
+        head.varint(len(self.floats))
+        floats = struct.pack(f"<{len(self.floats)}d", *self.floats.keys())
+        return bytes(head.out) + floats + bytes(self.out)
 
-def _varint(out: list[int], n: int) -> None:
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+    def varint(self, n: int) -> None:
+        out = self.out
+        while n >= 0x80:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
 
-
-def _put_slots(
-    out: list[int], floats: dict[float, int], values: list[object], defaults: tuple[object, ...]
-) -> None:
-    for v, d in zip(values, defaults, strict=True):
-        if d is not None and type(v) is type(d) and v == d:
-            out.append(_DEFAULT)
+    def number(self, v: int, default: int) -> None:
+        if v == default:
+            self.out.append(_DEFAULT)
         else:
-            _put(out, floats, v)
+            self.integer(v)
 
-
-def _put(out: list[int], floats: dict[float, int], v: object) -> None:
-    # By exact type: a subclass (an enum, a bool for an int) would come back as its base.
-    if v is None:
-        out.append(_NONE)
-    elif type(v) is int:
-        if v < _SMALL_FLOAT - _SMALL and v >= 0:
-            out.append(_SMALL + v)
+    def integer(self, v: int) -> None:
+        if 0 <= v < _SMALL_FLOAT - _SMALL:
+            self.out.append(_SMALL + v)
         elif v >= 0:
-            out.append(_INT)
-            _varint(out, v)
+            self.out.append(_INT)
+            self.varint(v)
         else:
-            out.append(_NEG)
-            _varint(out, -v)
-    elif type(v) is float:
-        i = floats.get(v)
+            self.out.append(_NEG)
+            self.varint(-v)
+
+    def seconds(self, v: float) -> None:
+        """A time or a duration; 0.0 is every float slot's start."""
+        if v == 0.0:
+            self.out.append(_DEFAULT)
+            return
+        i = self.floats.get(v)
         if i is None:
-            i = floats[v] = len(floats)
+            i = self.floats[v] = len(self.floats)
         if i < 256 - _SMALL_FLOAT:
-            out.append(_SMALL_FLOAT + i)
+            self.out.append(_SMALL_FLOAT + i)
         else:
-            out.append(_FLOAT)
-            _varint(out, i)
-    elif type(v) is bool:
-        out.append(_TRUE if v else _FALSE)
-    elif type(v) is str:
-        data = v.encode()
-        out.append(_STR)
-        _varint(out, len(data))
-        out.extend(data)
-    elif type(v) is list or type(v) is tuple:
-        out.append(_LIST if type(v) is list else _TUPLE)
-        _varint(out, len(v))
-        for x in v:
-            _put(out, floats, x)
-    elif type(v) is dict:
-        out.append(_DICT)
-        _varint(out, len(v))
-        for k, x in v.items():
-            _put(out, floats, k)
-            _put(out, floats, x)
-    else:
-        raise TypeError(f"a tracker holds a {type(v).__name__}, which cannot be frozen")
+            self.out.append(_FLOAT)
+            self.varint(i)
+
+    def value(self, v: object) -> None:
+        """Any value of the kinds a tracker holds (for the rarely set slots)."""
+        # By exact type: a subclass (an enum, a bool for an int) would come back as its base.
+        if v is None:
+            self.out.append(_NONE)
+        elif type(v) is int:
+            self.integer(v)
+        elif type(v) is float:
+            i = self.floats.get(v)
+            if i is None:
+                i = self.floats[v] = len(self.floats)
+            self.out.append(_FLOAT)
+            self.varint(i)
+        elif type(v) is bool:
+            self.out.append(_TRUE if v else _FALSE)
+        elif type(v) is str:
+            data = v.encode()
+            self.out.append(_STR)
+            self.varint(len(data))
+            self.out.extend(data)
+        elif type(v) is list or type(v) is tuple:
+            self.out.append(_LIST if type(v) is list else _TUPLE)
+            self.varint(len(v))
+            for x in v:
+                self.value(x)
+        elif type(v) is dict:
+            self.out.append(_DICT)
+            self.varint(len(v))
+            for k, x in v.items():
+                self.value(k)
+                self.value(x)
+        else:
+            raise TypeError(f"a tracker holds a {type(v).__name__}, which cannot be frozen")
 
 
 class _Thawing:
@@ -726,15 +683,29 @@ class _Thawing:
         self.pos = pos
         return n
 
-    def slots(self, defaults: tuple[object, ...]) -> list[Any]:
-        out: list[Any] = []
-        for d in defaults:
-            if self.blob[self.pos] == _DEFAULT:
-                self.pos += 1
-                out.append(d)
-            else:
-                out.append(self.value())
-        return out
+    def number(self, default: int) -> int:
+        tag = self.blob[self.pos]
+        self.pos += 1
+        if tag == _DEFAULT:
+            return default
+        if _SMALL <= tag < _SMALL_FLOAT:
+            return tag - _SMALL
+        if tag == _INT:
+            return self.varint()
+        if tag == _NEG:
+            return -self.varint()
+        raise self._bad(tag)
+
+    def seconds(self) -> float:
+        tag = self.blob[self.pos]
+        self.pos += 1
+        if tag == _DEFAULT:
+            return 0.0
+        if tag >= _SMALL_FLOAT:
+            return self.floats[tag - _SMALL_FLOAT]
+        if tag == _FLOAT:
+            return self.floats[self.varint()]
+        raise self._bad(tag)
 
     def value(self) -> Any:
         tag = self.blob[self.pos]
@@ -770,7 +741,93 @@ class _Thawing:
                 k = self.value()
                 items[k] = self.value()
             return items
-        raise ValueError(f"not a frozen tracker (tag {tag} at byte {self.pos - 1})")
+        raise self._bad(tag)
+
+    def _bad(self, tag: int) -> ValueError:
+        return ValueError(f"not a frozen tracker (tag {tag} at byte {self.pos - 1})")
+
+
+def freeze(conn: Tracker) -> bytes:
+    """The tracker, but for its flow keys, as one bytes object (about 225 bytes, from 2.7 KB).
+
+    For a connection that has gone idle and may stay so until the capture
+    ends: :func:`thaw` gives back an equal tracker when a segment comes.
+    Traced connections (``show``) are not frozen. The flow keys stay with
+    the caller. Each slot is written in turn, typed: a value a new tracker
+    starts with is one byte, a small number too, a larger one a varint, a
+    time one byte when it recurred (most do), states and the five flags are
+    numbers, the transitions one flat list of (side × 16 + state, frame, ts).
+    Made and read by compiled code in a few microseconds: no compression, no
+    object per value. ``tests/test_freeze.py`` sets every slot to a value of
+    its own, so a slot left out here fails it.
+    """
+    w = _Freezing()
+    a, b = conn.a, conn.b
+    code = _STATE_CODE
+    for h in (a, b):
+        w.number(h.acked, -1)
+        w.number(h.acked_fin_at, 0)
+        w.number(h.acked_fin_frame, 0)
+        w.seconds(h.acked_fin_ts)
+        w.number(h.bytes, 0)
+        w.seconds(h.data_ts)
+        w.number(h.fin_acked_frame, 0)
+        w.number(h.fin_at, 0)
+        w.number(h.fin_count, 0)
+        w.number(h.fin_frame, 0)
+        w.number(h.fin_seq, -1)
+        w.seconds(h.fin_ts)
+        w.number(h.flags_seen, 0)
+        w.number(h.half_close_bytes, 0)
+        w.number(h.isn, -1)
+        w.seconds(h.last_ts)
+        w.number(h.nxt, -1)
+        w.number(h.packets, 0)
+        st = h.state
+        w.number(-1 if st is None else code[st], -1)
+        w.number(h.syn_at, 0)
+        w.number(h.syn_frame, 0)
+        w.number(h.synack_frame, 0)
+        w.number(h.win, -1)
+        w.number(h.ws_base, -1)
+        w.number(h.wscale, -1)
+    w.number(conn.stream, 0)
+    w.number(conn.capture, 0)
+    w.number(conn.first_frame, 0)
+    w.seconds(conn.first_ts)
+    w.number(conn.last_frame, 0)
+    w.seconds(conn.last_ts)
+    w.number(conn.packets, 0)
+    flags = (
+        conn.established
+        | conn.quiet << 1
+        | conn.started << 2
+        | conn.terminal << 3
+        | conn.ws_closing << 4
+    )
+    w.number(flags, 0)
+    w.number(_side(conn, conn.first_fin), 0)
+    w.number(_side(conn, conn.rst_from), 0)
+    w.number(conn.rst_count, 0)
+    w.number(conn.rst_frame, 0)
+    w.number(conn.rst_lost, 0)
+    w.seconds(conn.rst_ts)
+    w.value(conn.rst_phase)
+    w.value(conn.reuse)
+    anomalies = conn.anomalies
+    w.value(None if anomalies is None else {str(k): n for k, n in anomalies.items()})
+    w.value(conn.file_spans)
+    moves = conn.transitions
+    w.varint(len(moves))
+    for h, st, frame, ts in moves:
+        w.number((16 if h is b else 0) + code[st], -1)
+        w.number(frame, 0)
+        w.seconds(ts)
+    return w.blob()
+
+
+def _side(conn: Tracker, h: Half | None) -> int:
+    return 0 if h is None else (1 if h is conn.a else 2)
 
 
 def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
@@ -778,25 +835,65 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     r = _Thawing(blob, start)
     # A new tracker, then its values: the sides come linked to it and to each other.
     conn = Tracker(0, 0, key_a, key_b, 0, 0.0)
-    hs = (conn.a, conn.b)
-    for h in hs:
-        v = r.slots(_HALF_DEFAULTS)
-        code = v[_STATE_SLOT]
-        v[_STATE_SLOT] = None if code < 0 else _STATE_LIST[code]
-        for name, value in zip(_HALF_SLOTS, v, strict=True):
-            setattr(h, name, value)
-    t = r.slots(_TRACKER_DEFAULTS)
-    for i in _HALF_REF_SLOTS:
-        t[i] = None if t[i] is None else hs[t[i]]
-    for name, value in zip(_TRACKER_SLOTS, t, strict=True):
-        setattr(conn, name, value)
+    states = _STATE_LIST
+    for h in (conn.a, conn.b):
+        h.acked = r.number(-1)
+        h.acked_fin_at = r.number(0)
+        h.acked_fin_frame = r.number(0)
+        h.acked_fin_ts = r.seconds()
+        h.bytes = r.number(0)
+        h.data_ts = r.seconds()
+        h.fin_acked_frame = r.number(0)
+        h.fin_at = r.number(0)
+        h.fin_count = r.number(0)
+        h.fin_frame = r.number(0)
+        h.fin_seq = r.number(-1)
+        h.fin_ts = r.seconds()
+        h.flags_seen = r.number(0)
+        h.half_close_bytes = r.number(0)
+        h.isn = r.number(-1)
+        h.last_ts = r.seconds()
+        h.nxt = r.number(-1)
+        h.packets = r.number(0)
+        st = r.number(-1)
+        h.state = None if st < 0 else states[st]
+        h.syn_at = r.number(0)
+        h.syn_frame = r.number(0)
+        h.synack_frame = r.number(0)
+        h.win = r.number(-1)
+        h.ws_base = r.number(-1)
+        h.wscale = r.number(-1)
+    conn.stream = r.number(0)
+    conn.capture = r.number(0)
+    conn.first_frame = r.number(0)
+    conn.first_ts = r.seconds()
+    conn.last_frame = r.number(0)
+    conn.last_ts = r.seconds()
+    conn.packets = r.number(0)
+    flags = r.number(0)
+    conn.established = bool(flags & 1)
+    conn.quiet = bool(flags & 2)
+    conn.started = bool(flags & 4)
+    conn.terminal = bool(flags & 8)
+    conn.ws_closing = bool(flags & 16)
+    sides = (None, conn.a, conn.b)
+    conn.first_fin = sides[r.number(0)]
+    conn.rst_from = sides[r.number(0)]
+    conn.rst_count = r.number(0)
+    conn.rst_frame = r.number(0)
+    conn.rst_lost = r.number(0)
+    conn.rst_ts = r.seconds()
+    conn.rst_phase = r.value()
+    conn.reuse = r.value()
     anomalies = r.value()
     conn.anomalies = None if anomalies is None else {Anomaly(k): n for k, n in anomalies.items()}
-    moves = r.value()
-    states = _STATE_LIST
-    conn.transitions = [
-        (hs[moves[i] >> 4], states[moves[i] & 15], moves[i + 1], moves[i + 2])
-        for i in range(0, len(moves), 3)
-    ]
+    conn.file_spans = r.value()
+    hs = (conn.a, conn.b)
+    moves: list[tuple[Half, State, int, float]] = []
+    for _ in range(r.varint()):
+        side_state = r.number(-1)
+        frame = r.number(0)
+        moves.append((hs[side_state >> 4], states[side_state & 15], frame, r.seconds()))
+    conn.transitions = moves
     conn.trace = None
     return conn

@@ -108,6 +108,50 @@ def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
             assert h is copy.a or h is copy.b
 
 
+def test_every_slot_survives_freezing() -> None:
+    from fintrace.model import Anomaly, State
+
+    # A value of its own in every slot, none what a new tracker holds: a slot
+    # that freeze() leaves out comes back as it started, and fails this.
+    conn = Tracker(7, 1, b"k" * 12, b"K" * 12, 100, 1.5)
+    n = 1000
+
+    def own(name: str, old: object) -> object:
+        nonlocal n
+        n += 1
+        if type(old) is bool:
+            return not old
+        if type(old) is int:
+            return n
+        if type(old) is float:
+            return n + 0.25
+        raise AssertionError(f"no test value for the slot {name!r}: add one")
+
+    for h, st in ((conn.a, State.FIN_WAIT_2), (conn.b, State.CLOSE_WAIT)):
+        for name in HALF_FIELDS:
+            if name not in ("conn", "peer", "key"):
+                setattr(h, name, st if name == "state" else own(name, getattr(h, name)))
+    special = {
+        "first_fin": conn.b,
+        "rst_from": conn.a,
+        "reuse": (3, 2.5),
+        "anomalies": {Anomaly.ONE_SIDED: 2},
+        "rst_phase": "closed",
+        "file_spans": [[1, 7, 100, 180, 0], [2, 0, 1, 9, 40]],
+        "transitions": [
+            (conn.a, State.FIN_WAIT_1, 150, 2.5),
+            (conn.b, State.CLOSE_WAIT, 151, 2.75),
+        ],
+    }
+    for name in TRACKER_FIELDS:
+        if name in special:
+            setattr(conn, name, special[name])
+        elif name not in ("a", "b", "trace"):  # traced connections are never frozen
+            setattr(conn, name, own(name, getattr(conn, name)))
+    copy = thaw(freeze(conn), conn.a.key, conn.b.key)
+    assert repr(state(copy)) == repr(state(conn))
+
+
 def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
     import tracemalloc
 
