@@ -21,14 +21,17 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from fintrace.decode import ACK
 from fintrace.model import CloseType, ResetPhase, Role, State
 from fintrace.tracker import Half, Tracker
 
 
-class Roles(NamedTuple):
+@dataclass
+class Roles:
+    """Which side is the client; ``inferred`` when no SYN or SYN+ACK said so."""
+
     client: Half
     server: Half
     inferred: bool
@@ -39,7 +42,14 @@ class Roles(NamedTuple):
         return Role.CLIENT if half is self.client else Role.SERVER
 
 
-class Verdict(NamedTuple):
+@dataclass
+class Verdict:
+    """How the connection closed, as TEARDOWN.md's fields say it.
+
+    Plain classes, not named tuples: compiled, one is made by a direct call,
+    a named tuple through Python code.
+    """
+
     close_type: CloseType
     active_closer: Role | None
     reset_by: Role | None
@@ -99,85 +109,74 @@ def classify(
     half_close_bytes = passive.half_close_bytes if passive is not None else 0
     time_wait = _holders(r, State.TIME_WAIT)
 
-    def verdict(
-        close_type: CloseType,
-        *,
-        active_closer: Role | None = None,
-        reset_by: Role | None = None,
-        reset_phase: ResetPhase | None = None,
-        close_wait_s: float | None = None,
-        stuck: bool = False,
-        final_ack_seen: bool | None = None,
-    ) -> Verdict:
-        return Verdict(
-            close_type,
-            active_closer,
-            reset_by,
-            reset_phase,
-            time_wait,
-            half_close_bytes,
-            close_wait_s,
-            stuck,
-            final_ack_seen,
-            fin_retx,
-            one_sided,
-        )
-
+    v = Verdict(
+        CloseType.ATTEMPT,
+        None,
+        None,
+        None,
+        time_wait,
+        half_close_bytes,
+        None,
+        False,
+        None,
+        fin_retx,
+        one_sided,
+    )
     rst = conn.rst_from
     if rst is not None:
+        v.close_type = CloseType.RESET
+        v.active_closer = r.of(active or rst)
+        v.reset_by = r.of(rst)
         if not conn.established:
             peer = rst.peer
             if peer.syn_frame and not rst.synack_frame and not rst.syn_frame:
-                return verdict(CloseType.REFUSED, active_closer=r.of(rst), reset_by=r.of(rst))
-            return verdict(
-                CloseType.RESET,
-                active_closer=r.of(active or rst),
-                reset_by=r.of(rst),
-                reset_phase=ResetPhase.HANDSHAKE,
-            )
-        return verdict(
-            CloseType.RESET,
-            active_closer=r.of(active or rst),
-            reset_by=r.of(rst),
-            reset_phase=ResetPhase(conn.rst_phase),
-        )
+                v.close_type = CloseType.REFUSED
+                v.active_closer = v.reset_by
+            else:
+                v.reset_phase = ResetPhase.HANDSHAKE
+        else:
+            v.reset_phase = _RESET_PHASES[conn.rst_phase]
+        return v
 
     if active is not None and passive is not None and passive.fin_seq >= 0:
         final_ack = bool(a.fin_acked_frame and b.fin_acked_frame)
         # Rule 3: the passive side's FIN went out before it had acknowledged
         # the active FIN (an acknowledgement in the FIN segment itself
         # counts as before the FIN).
+        v.final_ack_seen = final_ack
         if not passive.acked_fin_at or passive.acked_fin_at > passive.fin_at:
-            return verdict(
-                CloseType.SIMULTANEOUS, active_closer=Role.BOTH, final_ack_seen=final_ack
-            )
+            v.close_type = CloseType.SIMULTANEOUS
+            v.active_closer = Role.BOTH
+            return v
         wait = passive.fin_ts - passive.acked_fin_ts
         if passive.half_close_bytes > 0:
-            kind = CloseType.HALF_CLOSE
+            v.close_type = CloseType.HALF_CLOSE
         elif passive.acked_fin_at == passive.fin_at:
-            kind = CloseType.PIGGYBACKED
+            v.close_type = CloseType.PIGGYBACKED
         else:
-            kind = CloseType.GRACEFUL
-        return verdict(
-            kind, active_closer=r.of(active), close_wait_s=max(wait, 0.0), final_ack_seen=final_ack
-        )
+            v.close_type = CloseType.GRACEFUL
+        v.active_closer = r.of(active)
+        v.close_wait_s = max(wait, 0.0)
+        return v
 
     if active is not None and passive is not None:
+        v.active_closer = r.of(active)
         if active.fin_acked_frame:
-            wait = max(end_ts - passive.acked_fin_ts, 0.0)
+            v.close_type = CloseType.CLOSE_WAIT
+            v.close_wait_s = max(end_ts - passive.acked_fin_ts, 0.0)
             # Idle: no new payload since. Keep-alives and ACKs are the
             # kernel's, not the application's: they do not count.
             idle = end_ts - max(passive.acked_fin_ts, passive.data_ts)
-            return verdict(
-                CloseType.CLOSE_WAIT,
-                active_closer=r.of(active),
-                close_wait_s=wait,
-                stuck=idle >= stuck_after,
-            )
-        return verdict(CloseType.UNACKED_FIN, active_closer=r.of(active))
+            v.stuck = idle >= stuck_after
+        else:
+            v.close_type = CloseType.UNACKED_FIN
+        return v
     if conn.established:
-        return verdict(CloseType.OPEN)
-    return verdict(CloseType.ATTEMPT)
+        v.close_type = CloseType.OPEN
+    return v
+
+
+_RESET_PHASES = {p.value: p for p in ResetPhase}
 
 
 def _holders(r: Roles, state: State) -> Role | None:

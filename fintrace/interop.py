@@ -20,10 +20,10 @@ rules with their sources and the few cases the replay approximates.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import struct
+from binascii import b2a_base64
 from enum import IntEnum
 
 from fintrace.classify import port_of
@@ -49,13 +49,17 @@ def community_id(
     The spec orders the two endpoints so both directions hash alike: the
     smaller address first, and for equal addresses the smaller port.
     """
-    if (src, sport) > (dst, dport):
+    if src > dst or (src == dst and sport > dport):
         src, dst, sport, dport = dst, src, dport, sport
-    data = struct.pack("!H", seed) + src + dst + struct.pack("!BBHH", proto, 0, sport, dport)
-    digest = hashlib.sha1(data).digest()
+    digest = _sha1(_SEED(seed) + src + dst + _TAIL(proto, 0, sport, dport)).digest()
     if b64:
-        return "1:" + base64.b64encode(digest).decode("ascii")
+        return "1:" + b2a_base64(digest, newline=False).decode("ascii")
     return "1:" + digest.hex()
+
+
+_sha1 = hashlib.sha1
+_SEED = struct.Struct("!H").pack
+_TAIL = struct.Struct("!BBHH").pack
 
 
 #: TCP ports Zeek's default scripts add to ``likely_server_ports`` (each
