@@ -21,6 +21,9 @@ class Renderer(Protocol):
 
     def connection(self, conn: Connection) -> None: ...
 
+    def flush(self) -> None:
+        """Write out what :meth:`connection` has gathered (``end`` does it too)."""
+
     def end(self, run: Run) -> None: ...
 
 

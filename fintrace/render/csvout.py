@@ -112,5 +112,8 @@ class CsvRenderer:
     def connection(self, conn: Connection) -> None:
         self.writer.writerow(row(conn))
 
+    def flush(self) -> None:
+        self.out.flush()
+
     def end(self, run: Run) -> None:
         self.out.flush()

@@ -476,6 +476,9 @@ class HtmlRenderer:
         if self.keep is None or self.keep(conn):
             self.table.add(conn)
 
+    def flush(self) -> None:
+        pass  # the page is written whole, at the end
+
     def end(self, run: Run) -> None:
         summary = run.summary()
         s = self.timeline.series()

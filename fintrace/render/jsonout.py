@@ -113,15 +113,20 @@ class JsonLinesRenderer:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        # Bytes, gathered: not a str made and encoded again per connection.
+        self.chunks = _Chunks(out)
 
     def begin(self, run: Run) -> None:
         pass
 
     def connection(self, conn: Connection) -> None:
-        self.out.write(_dumps(connection_dict(conn)).decode())
-        self.out.write("\n")
+        self.chunks.write(_dumps(connection_dict(conn), option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        self.chunks.flush()
 
     def end(self, run: Run) -> None:
+        self.chunks.flush()
         self.out.flush()
 
 
@@ -131,6 +136,7 @@ class JsonRenderer:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.first = True
+        self.chunks = _Chunks(out)
 
     def begin(self, run: Run) -> None:
         head = orjson.dumps(run.document_head()).decode()
@@ -138,11 +144,14 @@ class JsonRenderer:
 
     def connection(self, conn: Connection) -> None:
         if not self.first:
-            self.out.write(",\n")
+            self.chunks.write(b",\n")
         else:
-            self.out.write("\n")
+            self.chunks.write(b"\n")
             self.first = False
-        self.out.write(_dumps(connection_dict(conn)).decode())
+        self.chunks.write(_dumps(connection_dict(conn)))
+
+    def flush(self) -> None:
+        self.chunks.flush()
 
     def end(self, run: Run) -> None:
         captures = [c.as_dict() for c in run.captures]
@@ -150,12 +159,11 @@ class JsonRenderer:
         # service: those lists come as LazyLists, each item made, written and
         # dropped in turn, in chunks of bytes, never the whole text at once.
         tail = {"captures": captures, "summary": run.aggregator.summary(lazy=True)}
-        self.out.write("\n],")
-        chunks = _Chunks(self.out)
+        chunks = self.chunks
+        chunks.write(b"\n],")
         _stream_members(tail, chunks.write)  # the document's "{" is in begin()
-        chunks.write(b"}")
+        chunks.write(b"}\n")
         chunks.flush()
-        self.out.write("\n")
         self.out.flush()
 
 
@@ -189,9 +197,10 @@ def _stream_members(value: dict[Any, Any], write: Callable[[bytes], object]) -> 
 
 
 class _Chunks:
-    """Bytes gathered into writes of about 1 MiB to a text stream."""
+    """Bytes gathered into writes of about 64 KiB to a text stream (larger ones cost memory: freed
+    pieces of a megabyte fragment the heap)."""
 
-    LIMIT = 1 << 20
+    LIMIT = 1 << 16
 
     def __init__(self, out: TextIO) -> None:
         self.out = out

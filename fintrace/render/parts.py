@@ -63,11 +63,12 @@ class PartWriter:
             return Listed(rows.total, rows)
         n = 0
         with open(path, "w", encoding="utf-8", newline="") as out:
-            renderer = text_renderer(self.fmt, out)  # of which only ``connection`` is called
+            renderer = text_renderer(self.fmt, out)  # of which only ``connection`` and ``flush``
             for conn in connections:
                 if keep(conn):
                     renderer.connection(conn)
                     n += 1
+            renderer.flush()
         return Listed(n)
 
 

@@ -139,6 +139,9 @@ class TableRenderer:
     def connection(self, conn: Connection) -> None:
         self.rows.add(conn)
 
+    def flush(self) -> None:
+        pass  # the table is drawn at the end, sorted
+
     def end(self, run: Run) -> None:
         # Lazy: the per-client lists are read item by item (findings) or for
         # their first item, never made whole.
