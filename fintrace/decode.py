@@ -29,7 +29,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from fintrace.model import SkipReason
-from fintrace.reader import LT_NO_PACKET, RecordSink, u32_be
+from fintrace.reader import BY_BYTE, LT_NO_PACKET, RecordSink, u32_be
 from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ _ipv4 = struct.Struct(">BxHHHxB").unpack_from  # vihl, total, id, frag, proto
 _ipv6 = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
 _tcp = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
 _tcp_short = struct.Struct(">IIBBH").unpack_from
+_SEQ_ACK = struct.Struct(">II").unpack_from
 
 
 class Decoded:
@@ -691,8 +692,9 @@ class Decoder(RecordSink):
         if frame == 1:
             self.stats.first_ts = ts
         # Fast path: where the IP header starts and its version (0: none). Fields
-        # are read byte by byte: compiled, that makes no object, where struct
-        # makes a tuple and an int for each.
+        # are read byte by byte (see reader.BY_BYTE).
+        seq: int
+        ack: int
         if not self.fast:
             ver = 0
         elif lt == LT_ETHERNET:
@@ -756,17 +758,13 @@ class Decoder(RecordSink):
                         syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
                         ws = -2 if syn_ws is None else syn_ws
                     if ws != -2:
-                        self.sink.segment(
-                            frame,
-                            ts,
-                            key,
-                            u32_be(buf, t + 4),
-                            u32_be(buf, t + 8),
-                            flags,
-                            plen,
-                            (buf[t + 14] << 8) | buf[t + 15],
-                            ws,
-                        )
+                        if BY_BYTE:
+                            seq = u32_be(buf, t + 4)
+                            ack = u32_be(buf, t + 8)
+                        else:
+                            seq, ack = _SEQ_ACK(buf, t + 4)
+                        win = (buf[t + 14] << 8) | buf[t + 15]
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
                         return
         elif ver == 6:
             t = ip + 40
@@ -789,17 +787,13 @@ class Decoder(RecordSink):
                         syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
                         ws = -2 if syn_ws is None else syn_ws
                     if ws != -2:
-                        self.sink.segment(
-                            frame,
-                            ts,
-                            key,
-                            u32_be(buf, t + 4),
-                            u32_be(buf, t + 8),
-                            flags,
-                            plen,
-                            (buf[t + 14] << 8) | buf[t + 15],
-                            ws,
-                        )
+                        if BY_BYTE:
+                            seq = u32_be(buf, t + 4)
+                            ack = u32_be(buf, t + 8)
+                        else:
+                            seq, ack = _SEQ_ACK(buf, t + 4)
+                        win = (buf[t + 14] << 8) | buf[t + 15]
+                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
                         return
         # General path.
         d = decode_packet(lt, buf[off : off + caplen], origlen, self.frags, frame)
