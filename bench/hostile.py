@@ -161,7 +161,7 @@ def _explain_one(name: str, path: Path, n: int) -> None:
     parts: dict[str, int] = {
         "Tracker (slots)": sys.getsizeof(conn),
         "2 x Half (slots)": sum(sys.getsizeof(h) for h in halves),
-        f"transitions list + {len(conn.transitions)} tuples": sys.getsizeof(conn.transitions)
+        f"transitions list + {len(conn.transitions)} Moves": sys.getsizeof(conn.transitions)
         + sum(sys.getsizeof(t) for t in conn.transitions),
         "file_spans list + inner list": sys.getsizeof(conn.file_spans)
         + sum(sys.getsizeof(s) for s in conn.file_spans),

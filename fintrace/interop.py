@@ -114,9 +114,9 @@ def _first_frame(conn: Tracker, h: Half) -> float:
     """Frame of the side's first segment: its first recorded state change."""
     if h is conn.a:
         return conn.first_frame
-    for half, _state, frame, _ts in conn.transitions:
-        if half is h:
-            return frame
+    for m in conn.transitions:
+        if m.half is h:
+            return m.frame
     return math.inf
 
 
@@ -262,8 +262,8 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
     if orig.syn_frame == rst_at:
         return False  # SYN+RST in one segment: 'Q'
     if orig.bytes == 0:
-        for half, state, frame, _ts in conn.transitions:
-            if half is orig and state is State.ESTABLISHED and frame < rst_at:
+        for m in conn.transitions:
+            if m.half is orig and m.state is State.ESTABLISHED and m.frame < rst_at:
                 return False
     return True
 

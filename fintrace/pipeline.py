@@ -321,8 +321,8 @@ class Run:
             )
         transitions = tuple(
             [
-                record(Transition, (CLIENT if h is client else SERVER, state, frame, ts))
-                for h, state, frame, ts in conn.transitions
+                record(Transition, (CLIENT if m.half is client else SERVER, m.state, m.frame, m.ts))
+                for m in conn.transitions
             ]
         )
         c = record(

@@ -21,7 +21,7 @@ from fintrace.decode import ACK, SYN, Segment
 from fintrace.flowtable import FREEZE_AFTER, FlowTable
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
-from fintrace.tracker import HALF_FIELDS, TRACKER_FIELDS, Tracker, freeze, thaw
+from fintrace.tracker import HALF_FIELDS, TRACKER_FIELDS, Move, Tracker, freeze, thaw
 
 from conftest import CAPTURES, capture_files, corpus_files
 
@@ -48,7 +48,7 @@ def state(conn: Tracker) -> Any:
         elif name in ("first_fin", "rst_from"):
             v = side(v)
         elif name == "transitions":
-            v = [(side(h), s, f, ts) for h, s, f, ts in v]
+            v = [(side(m.half), m.state, m.frame, m.ts) for m in v]
         out[name] = v
     return out
 
@@ -104,8 +104,8 @@ def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
         # of the frozen form come back as they were.
         assert repr(state(copy)) == repr(state(conn))
         assert copy.a.peer is copy.b and copy.b.conn is copy
-        for h, _, _, _ in copy.transitions:
-            assert h is copy.a or h is copy.b
+        for m in copy.transitions:
+            assert m.half is copy.a or m.half is copy.b
 
 
 def test_every_slot_survives_freezing() -> None:
@@ -139,8 +139,8 @@ def test_every_slot_survives_freezing() -> None:
         "rst_phase": "closed",
         "file_spans": [[1, 7, 100, 180, 0], [2, 0, 1, 9, 40]],
         "transitions": [
-            (conn.a, State.FIN_WAIT_1, 150, 2.5),
-            (conn.b, State.CLOSE_WAIT, 151, 2.75),
+            Move(conn.a, State.FIN_WAIT_1, 150, 2.5),
+            Move(conn.b, State.CLOSE_WAIT, 151, 2.75),
         ],
     }
     for name in TRACKER_FIELDS:
