@@ -163,8 +163,8 @@ def _explain_one(name: str, path: Path, n: int) -> None:
         "2 x Half (slots)": sum(sys.getsizeof(h) for h in halves),
         f"transitions list + {len(conn.transitions)} Moves": sys.getsizeof(conn.transitions)
         + sum(sys.getsizeof(t) for t in conn.transitions),
-        "file_spans list + inner list": sys.getsizeof(conn.file_spans)
-        + sum(sys.getsizeof(s) for s in conn.file_spans),
+        "file_spans (None in one file)": sys.getsizeof(conn.file_spans)
+        + sum(sys.getsizeof(s) for s in conn.file_spans or ()),
         "2 flow keys (bytes)": sum(sys.getsizeof(h.key) for h in halves),
         "ints above the small-int cache": sum(
             sys.getsizeof(v)

@@ -77,7 +77,7 @@ class Tombstone:
 
     def __init__(self, conn: Tracker) -> None:
         self.stream = conn.stream
-        self.capture = conn.file_spans[-1][0]
+        self.capture = conn.last_capture()
         self.key_a = conn.a.key
         self.key_b = conn.b.key
         self.base_a = conn.a.ws_base
@@ -258,7 +258,7 @@ class FlowTable(SegmentSink):
             if flags & SYN and self._starts_new_stream(h, seq, flags):
                 done = (done or []) + [self._remove(conn)]
                 h = self._new(key, frame, ts, (conn.stream, ts - conn.last_ts))
-            elif conn.capture != self.capture and conn.file_spans[-1][0] != self.capture:
+            elif conn.capture != self.capture and conn.last_capture() != self.capture:
                 conn.open_span(self.capture, self._number(), frame)
         else:
             h = self._new(key, frame, ts, None)

@@ -309,11 +309,12 @@ class Run:
         else:
             anomalies = tuple(conn.anomalies) + ((ONE_SIDED,) if v.one_sided else ())
         names = self._names
-        if len(conn.file_spans) == 1 and not self.options.separate:
-            s = conn.file_spans[0]
-            name = names[s[0]]
+        if conn.file_spans is None and not self.options.separate:
+            name = names[conn.capture]
             files: tuple[FileSpan, ...] = (
-                record(FileSpan, (name, s[1], s[2], conn.last_frame, conn.packets)),
+                record(
+                    FileSpan, (name, conn.stream, conn.first_frame, conn.last_frame, conn.packets)
+                ),
             )
         else:
             files = tuple(

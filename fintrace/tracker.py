@@ -239,8 +239,10 @@ class Tracker:
         self.ws_closing = False
         # Per file of a multi-file run: [capture index, stream, first frame,
         # last frame, packets before this file]; the open span's last frame
-        # and packets are derived from the counters when it closes.
-        self.file_spans: list[list[int]] = [[capture, stream, frame, frame, 0]]
+        # and packets are derived from the counters when it closes. None
+        # while the connection is in one file (nearly always): its one span
+        # is capture, stream, first frame and the counters.
+        self.file_spans: list[list[int]] | None = None
         self.trace: (
             list[tuple[int, float, Half, int, int, int, int, int, State | None, State | None]]
             | None
@@ -541,15 +543,25 @@ class Tracker:
 
     def open_span(self, capture: int, stream: int, frame: int) -> None:
         """The connection's first packet in another file of a multi-file run."""
-        last = self.file_spans[-1]
+        spans = self.file_spans
+        if spans is None:
+            spans = self.file_spans = [[self.capture, self.stream, self.first_frame, 0, 0]]
+        last = spans[-1]
         last[3] = self.last_frame
         last[4] = self.packets - last[4]
-        self.file_spans.append([capture, stream, frame, frame, self.packets])
+        spans.append([capture, stream, frame, frame, self.packets])
+
+    def last_capture(self) -> int:
+        """The file (index) of the connection's latest packet."""
+        return self.capture if self.file_spans is None else self.file_spans[-1][0]
 
     def spans(self) -> list[tuple[int, int, int, int, int]]:
         """(capture, stream, first frame, last frame, packets) per file."""
-        done = [(s[0], s[1], s[2], s[3], s[4]) for s in self.file_spans[:-1]]
-        last = self.file_spans[-1]
+        spans = self.file_spans
+        if spans is None:
+            return [(self.capture, self.stream, self.first_frame, self.last_frame, self.packets)]
+        done = [(s[0], s[1], s[2], s[3], s[4]) for s in spans[:-1]]
+        last = spans[-1]
         done.append((last[0], last[1], last[2], self.last_frame, self.packets - last[4]))
         return done
 
