@@ -118,7 +118,10 @@ class FlowTable(SegmentSink):
         #: Seconds after its last packet a finished 4-tuple is remembered.
         self.remember = max(remember, linger)
         self.numbering_44 = numbering == "wireshark-4.4"
-        self.table: dict[bytes, Half | Tombstone] = {}
+        self.table: dict[bytes, Half] = {}
+        #: What is left of finished connections, under both flow keys: looked
+        #: up only when :attr:`table` has nothing, which keeps that one small.
+        self.tombstones: dict[bytes, Tombstone] = {}
         #: Idle open connections as bytes, filed once, under the lower of their
         #: two flow keys: a segment finds one only when it misses :attr:`table`.
         self.frozen: dict[bytes, bytes] = {}
@@ -178,8 +181,7 @@ class FlowTable(SegmentSink):
     ) -> None:
         """Feed one segment; connections it finishes go to :attr:`finished`."""
         h = self.table.get(key)
-        # A tombstone takes the slow path untouched.
-        if type(h) is Half and flags & _FAST_MASK == ACK:
+        if h is not None and flags & _FAST_MASK == ACK:
             c = h.conn
             if c.quiet:
                 c.packets += 1
@@ -215,7 +217,7 @@ class FlowTable(SegmentSink):
 
     def _slow(
         self,
-        h: Half | Tombstone | None,
+        h: Half | None,
         frame: int,
         ts: float,
         key: bytes,
@@ -238,10 +240,12 @@ class FlowTable(SegmentSink):
                 self._next_freeze = ts + self.freeze_after
                 self._freeze_idle(ts)
                 h = self.table.get(key)
-        if h is None and self.frozen:
-            h = self._thaw(key)
-        if isinstance(h, Tombstone):
-            tomb = h
+        tomb = None
+        if h is None:
+            tomb = self.tombstones.get(key)
+            if tomb is None and self.frozen:
+                h = self._thaw(key)
+        if tomb is not None:
             reuse = None
             if tomb.capture == self.capture:
                 if not (flags & SYN and self._tomb_starts_new_stream(tomb, key, seq, flags)):
@@ -346,10 +350,10 @@ class FlowTable(SegmentSink):
         return conn.a if key == conn.a.key else conn.b
 
     def _bury(self, tomb: Tombstone) -> None:
-        table = self.table
+        tombstones = self.tombstones
         for key in (tomb.key_a, tomb.key_b):
-            if table.get(key) is tomb:
-                del table[key]
+            if tombstones.get(key) is tomb:
+                del tombstones[key]
 
     def _expire(self, now: float) -> list[Tracker] | None:
         """Connections that ended and saw no packet for ``linger`` seconds."""
@@ -374,7 +378,7 @@ class FlowTable(SegmentSink):
             due = conn.last_ts + self.remember
             if due > now:
                 tomb = Tombstone(conn)
-                self.table[tomb.key_a] = self.table[tomb.key_b] = tomb
+                self.tombstones[tomb.key_a] = self.tombstones[tomb.key_b] = tomb
                 tombs.append((due, tomb))
         while tombs and tombs[0][0] <= now:
             _, tomb = tombs.popleft()
@@ -401,6 +405,7 @@ class FlowTable(SegmentSink):
         self._lingering.clear()
         self._tombs.clear()
         self.table.clear()
+        self.tombstones.clear()
         # Both popped from the end: each connection leaves its list as it is given out.
         live.reverse()
         keys.reverse()
