@@ -628,6 +628,22 @@ class _Freezing:
         else:
             self.integer(v)
 
+    def sequence(self, v: int, base: int) -> None:
+        """A sequence number (or -1), after ``base`` (its side's first, or -1): a few bytes."""
+        if v < 0:
+            self.out.append(_DEFAULT)
+        elif base < 0:
+            self.integer(v)
+        else:
+            self.integer((v - base) & M32)
+
+    def frame(self, v: int, first: int) -> None:
+        """A frame number (or 0), after the connection's first frame."""
+        if v == 0:
+            self.out.append(_DEFAULT)
+        else:
+            self.integer(v - first)  # below it in a later file: negative
+
     def integer(self, v: int) -> None:
         if 0 <= v < _SMALL_FLOAT - _SMALL:
             self.out.append(_SMALL + v)
@@ -725,6 +741,21 @@ class _Thawing:
             return -self.varint()
         raise self._bad(tag)
 
+    def sequence(self, base: int) -> int:
+        tag = self.blob[self.pos]
+        if tag == _DEFAULT:
+            self.pos += 1
+            return -1
+        v = self.number(0)
+        return v if base < 0 else (base + v) & M32
+
+    def frame(self, first: int) -> int:
+        tag = self.blob[self.pos]
+        if tag == _DEFAULT:
+            self.pos += 1
+            return 0
+        return first + self.number(0)
+
     def seconds(self) -> float:
         tag = self.blob[self.pos]
         self.pos += 1
@@ -784,8 +815,10 @@ def freeze(conn: Tracker) -> bytes:
     Traced connections (``show``) are not frozen. The flow keys stay with
     the caller. Each slot is written in turn, typed: a value a new tracker
     starts with is one byte, a small number too, a larger one a varint, a
-    time one byte when it recurred (most do), states and the five flags are
-    numbers, the transitions one flat list of (side × 16 + state, frame, ts).
+    time one byte when it recurred (most do), sequence numbers after their
+    side's first and frame numbers after the connection's first (a few bytes
+    each, not five), states and the five flags as numbers, the transitions
+    one flat list of (side × 16 + state, frame, ts).
     Made and read by compiled code in a few microseconds: no compression, no
     object per value. ``tests/test_freeze.py`` sets every slot to a value of
     its own, so a slot left out here fails it.
@@ -793,38 +826,43 @@ def freeze(conn: Tracker) -> bytes:
     w = _Freezing()
     a, b = conn.a, conn.b
     code = _STATE_CODE
+    # First what the numbers after are written relative to: each side's first
+    # sequence number (Wireshark's base) and the first frame.
+    first = conn.first_frame
+    w.number(first, 0)
+    w.number(a.ws_base, -1)
+    w.number(b.ws_base, -1)
     for h in (a, b):
-        w.number(h.acked, -1)
+        own = h.ws_base
+        w.sequence(h.acked, h.peer.ws_base)
         w.number(h.acked_fin_at, 0)
-        w.number(h.acked_fin_frame, 0)
+        w.frame(h.acked_fin_frame, first)
         w.seconds(h.acked_fin_ts)
         w.number(h.bytes, 0)
         w.seconds(h.data_ts)
-        w.number(h.fin_acked_frame, 0)
+        w.frame(h.fin_acked_frame, first)
         w.number(h.fin_at, 0)
         w.number(h.fin_count, 0)
-        w.number(h.fin_frame, 0)
-        w.number(h.fin_seq, -1)
+        w.frame(h.fin_frame, first)
+        w.sequence(h.fin_seq, own)
         w.seconds(h.fin_ts)
         w.number(h.flags_seen, 0)
         w.number(h.half_close_bytes, 0)
-        w.number(h.isn, -1)
+        w.sequence(h.isn, own)
         w.seconds(h.last_ts)
-        w.number(h.nxt, -1)
+        w.sequence(h.nxt, own)
         w.number(h.packets, 0)
         st = h.state
         w.number(-1 if st is None else code[st], -1)
         w.number(h.syn_at, 0)
-        w.number(h.syn_frame, 0)
-        w.number(h.synack_frame, 0)
+        w.frame(h.syn_frame, first)
+        w.frame(h.synack_frame, first)
         w.number(h.win, -1)
-        w.number(h.ws_base, -1)
         w.number(h.wscale, -1)
     w.number(conn.stream, 0)
     w.number(conn.capture, 0)
-    w.number(conn.first_frame, 0)
     w.seconds(conn.first_ts)
-    w.number(conn.last_frame, 0)
+    w.frame(conn.last_frame, first)
     w.seconds(conn.last_ts)
     w.number(conn.packets, 0)
     flags = (
@@ -838,7 +876,7 @@ def freeze(conn: Tracker) -> bytes:
     w.number(_side(conn, conn.first_fin), 0)
     w.number(_side(conn, conn.rst_from), 0)
     w.number(conn.rst_count, 0)
-    w.number(conn.rst_frame, 0)
+    w.frame(conn.rst_frame, first)
     w.number(conn.rst_lost, 0)
     w.seconds(conn.rst_ts)
     w.value(conn.rst_phase)
@@ -850,7 +888,7 @@ def freeze(conn: Tracker) -> bytes:
     w.varint(len(moves))
     for m in moves:
         w.number((16 if m.half is b else 0) + code[m.state], -1)
-        w.number(m.frame, 0)
+        w.frame(m.frame, first)
         w.seconds(m.ts)
     return w.blob()
 
@@ -865,38 +903,40 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     # A new tracker, then its values: the sides come linked to it and to each other.
     conn = Tracker(0, 0, key_a, key_b, 0, 0.0)
     states = _STATE_LIST
+    first = conn.first_frame = r.number(0)
+    conn.a.ws_base = r.number(-1)
+    conn.b.ws_base = r.number(-1)
     for h in (conn.a, conn.b):
-        h.acked = r.number(-1)
+        own = h.ws_base
+        h.acked = r.sequence(h.peer.ws_base)
         h.acked_fin_at = r.number(0)
-        h.acked_fin_frame = r.number(0)
+        h.acked_fin_frame = r.frame(first)
         h.acked_fin_ts = r.seconds()
         h.bytes = r.number(0)
         h.data_ts = r.seconds()
-        h.fin_acked_frame = r.number(0)
+        h.fin_acked_frame = r.frame(first)
         h.fin_at = r.number(0)
         h.fin_count = r.number(0)
-        h.fin_frame = r.number(0)
-        h.fin_seq = r.number(-1)
+        h.fin_frame = r.frame(first)
+        h.fin_seq = r.sequence(own)
         h.fin_ts = r.seconds()
         h.flags_seen = r.number(0)
         h.half_close_bytes = r.number(0)
-        h.isn = r.number(-1)
+        h.isn = r.sequence(own)
         h.last_ts = r.seconds()
-        h.nxt = r.number(-1)
+        h.nxt = r.sequence(own)
         h.packets = r.number(0)
         st = r.number(-1)
         h.state = None if st < 0 else states[st]
         h.syn_at = r.number(0)
-        h.syn_frame = r.number(0)
-        h.synack_frame = r.number(0)
+        h.syn_frame = r.frame(first)
+        h.synack_frame = r.frame(first)
         h.win = r.number(-1)
-        h.ws_base = r.number(-1)
         h.wscale = r.number(-1)
     conn.stream = r.number(0)
     conn.capture = r.number(0)
-    conn.first_frame = r.number(0)
     conn.first_ts = r.seconds()
-    conn.last_frame = r.number(0)
+    conn.last_frame = r.frame(first)
     conn.last_ts = r.seconds()
     conn.packets = r.number(0)
     flags = r.number(0)
@@ -909,7 +949,7 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     conn.first_fin = sides[r.number(0)]
     conn.rst_from = sides[r.number(0)]
     conn.rst_count = r.number(0)
-    conn.rst_frame = r.number(0)
+    conn.rst_frame = r.frame(first)
     conn.rst_lost = r.number(0)
     conn.rst_ts = r.seconds()
     conn.rst_phase = r.value()
@@ -921,7 +961,7 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     moves: list[Move] = []
     for _ in range(r.varint()):
         side_state = r.number(-1)
-        frame = r.number(0)
+        frame = r.frame(first)
         moves.append(Move(hs[side_state >> 4], states[side_state & 15], frame, r.seconds()))
     conn.transitions = moves
     conn.trace = None

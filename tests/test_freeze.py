@@ -150,6 +150,18 @@ def test_every_slot_survives_freezing() -> None:
             setattr(conn, name, own(name, getattr(conn, name)))
     copy = thaw(freeze(conn), conn.a.key, conn.b.key)
     assert repr(state(copy)) == repr(state(conn))
+    # Sequence numbers are written after their side's first, frames after the
+    # connection's first: a side without one, a number that wrapped around,
+    # frames below the first (a later file of a ring buffer restarts them).
+    conn.a.ws_base = -1
+    conn.b.ws_base = (1 << 32) - 10
+    conn.b.nxt = 5
+    conn.b.isn = (1 << 32) - 10
+    conn.a.acked = 3  # after b's base, wrapped
+    conn.first_frame = 5_000
+    conn.b.fin_frame = 4_999
+    copy = thaw(freeze(conn), conn.a.key, conn.b.key)
+    assert repr(state(copy)) == repr(state(conn))
 
 
 def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
