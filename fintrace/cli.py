@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import click
-from rich.console import Console
 
 from fintrace import COMPILED, __version__
+from fintrace.commands import LazyGroup
 from fintrace.errors import FintraceError, output_file
 from fintrace.flowtable import NUMBERINGS
 from fintrace.model import CloseType, Connection, ExitCode
@@ -119,6 +119,7 @@ class Progress:
     def __enter__(self) -> Callable[[int, int], None] | None:
         if not self.enabled:
             return None
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -153,10 +154,12 @@ class Progress:
 
 
 def make_renderer(fmt: str, out: TextIO, *, limit: int | None, color: bool | None) -> Renderer:
-    from fintrace.render.table import TableRenderer
-
     if fmt != "table":
         return text_renderer(fmt, out)
+    from rich.console import Console
+
+    from fintrace.render.table import TableRenderer
+
     console = Console(
         file=out, force_terminal=color, no_color=color is False, width=None if out.isatty() else 160
     )
@@ -448,7 +451,7 @@ def build_filters(
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__,
     prog_name="fintrace",
@@ -522,12 +525,3 @@ def analyze_cmd(
 
 def stderr_is_terminal(stream: IO[str] | None = None) -> bool:
     return (stream or sys.stderr).isatty()
-
-
-def _register_commands() -> None:
-    from fintrace.commands import register
-
-    register(main)
-
-
-_register_commands()
