@@ -37,11 +37,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fintrace.decode import DecodeStats, segments
+from fintrace import COMPILED
+from fintrace.decode import Decoder, DecodeStats
 from fintrace.flowtable import FlowTable
 from fintrace.reader import CaptureFile
 from fintrace.reassembly import Reassembler
-from fintrace.tracker import Half, Tracker
+from fintrace.tracker import HALF_FIELDS, TRACKER_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000
@@ -142,10 +143,10 @@ def _explain_one(name: str, path: Path, n: int) -> None:
     table = FlowTable(linger=60.0)
     tracemalloc.start(1)
     before = tracemalloc.take_snapshot()
+    decoder = Decoder(table, DecodeStats(skipped), Reassembler(skipped))
     with CaptureFile(path) as cap:
-        segs = segments(cap.records(), DecodeStats(skipped), Reassembler(skipped))
-        for _ in table.consume(segs):
-            pass
+        while cap.pump(decoder):  # as analyze reads: no object per packet
+            table.finished.clear()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     stats = after.compare_to(before, "lineno")
@@ -166,19 +167,20 @@ def _explain_one(name: str, path: Path, n: int) -> None:
         "file_spans (None in one file)": sys.getsizeof(conn.file_spans)
         + sum(sys.getsizeof(s) for s in conn.file_spans or ()),
         "2 flow keys (bytes)": sum(sys.getsizeof(h.key) for h in halves),
-        "ints above the small-int cache": sum(
+    }
+    if not COMPILED:  # compiled, numbers are stored in the objects above, not as objects
+        parts["ints above the small-int cache"] = sum(
             sys.getsizeof(v)
-            for o, slots in ((conn, Tracker.__slots__), *((h, Half.__slots__) for h in halves))
+            for o, slots in ((conn, TRACKER_FIELDS), *((h, HALF_FIELDS) for h in halves))
             for v in (getattr(o, a) for a in slots)
             if type(v) is int and not -5 <= v <= 256
-        ),
-        "floats": sum(
+        )
+        parts["floats"] = sum(
             sys.getsizeof(v)
-            for o, slots in ((conn, Tracker.__slots__), *((h, Half.__slots__) for h in halves))
+            for o, slots in ((conn, TRACKER_FIELDS), *((h, HALF_FIELDS) for h in halves))
             for v in {id(getattr(o, a)): getattr(o, a) for a in slots}.values()
             if type(v) is float and v != 0.0
-        ),
-    }
+        )
     print("  sys.getsizeof of one connection's own objects:")
     for k, v in parts.items():
         print(f"  {v:7d} B  {k}")
