@@ -145,7 +145,7 @@ class CaptureFile:
         self._rec = _PCAP_RECORD_LE
         self._hdr = _PCAPNG_HDR_LE
         self._epb = _PCAPNG_EPB_LE
-        self._ifaces: list[tuple[int, float, float, int]] = []
+        self._ifaces: list[tuple[int, float, float, int, int]] = []
         self._last_ts = 0.0
         try:
             # peek, not read and seek back: a pipe (``<(zcat x.pcap)``) cannot seek.
@@ -374,7 +374,7 @@ class CaptureFile:
         endian = self._endian
         hdr = self._hdr
         epb = self._epb
-        # per interface: (linktype, seconds per tick, offset seconds, snaplen)
+        # per interface: (linktype, seconds per tick, offset seconds, snaplen, ticks per second)
         ifaces = self._ifaces
         last_ts = self._last_ts
         end = len(buf)
@@ -428,8 +428,11 @@ class CaptureFile:
                             f"a packet block names interface {iface}, which was never described"
                         )
                         return False
-                    lt, unit, tsoff, _snap = ifaces[iface]
-                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                    lt, unit, tsoff, _snap, per_s = ifaces[iface]
+                    # Whole seconds, then the fraction: the float a pcap of the same
+                    # packet gives (ticks × unit rounds differently).
+                    ticks = (tsh << 32) | tsl
+                    last_ts = ticks // per_s + (ticks % per_s) * unit + tsoff
                     self._last_ts = last_ts
                     sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
                 elif btype == PCAPNG_IDB:
@@ -447,7 +450,7 @@ class CaptureFile:
                         self._damaged(self._too_short("simple packet", off, end, blen))
                         return False
                     (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
-                    lt, _unit, _tsoff, snap = ifaces[0]
+                    lt, _unit, _tsoff, snap, _per_s = ifaces[0]
                     caplen = min(origlen, blen - 16, snap or origlen)
                     # A simple packet block has no timestamp; keep time moving.
                     sink.record(last_ts, buf, off + 12, caplen, origlen, lt)
@@ -461,8 +464,11 @@ class CaptureFile:
                     if iface >= len(ifaces) or 32 + caplen > blen:
                         self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
                         return False
-                    lt, unit, tsoff, _snap = ifaces[iface]
-                    last_ts = ((tsh << 32) | tsl) * unit + tsoff
+                    lt, unit, tsoff, _snap, per_s = ifaces[iface]
+                    # Whole seconds, then the fraction: the float a pcap of the same
+                    # packet gives (ticks × unit rounds differently).
+                    ticks = (tsh << 32) | tsl
+                    last_ts = ticks // per_s + (ticks % per_s) * unit + tsoff
                     self._last_ts = last_ts
                     sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
                 elif btype in PCAPNG_RECORD_BLOCKS:
@@ -484,9 +490,12 @@ class CaptureFile:
         self.warnings.append(f"{what}; the file is damaged from there and was analysed up to it")
 
     @staticmethod
-    def _interface(buf: bytes, off: int, blen: int, endian: str) -> tuple[int, float, float, int]:
+    def _interface(
+        buf: bytes, off: int, blen: int, endian: str
+    ) -> tuple[int, float, float, int, int]:
         linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, off + 8)
         unit = 1e-6
+        per_s = 1_000_000
         tsoff = 0.0
         o = off + 16
         stop = off + blen - 4
@@ -499,11 +508,12 @@ class CaptureFile:
             if code == 9 and val:
                 r = val[0]
                 unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
+                per_s = 1 << (r & 0x7F) if r & 0x80 else 10**r
             elif code == 14 and len(val) >= 8:
                 (secs,) = struct.unpack(endian + "q", val[:8])
                 tsoff = float(secs)
             o += 4 + ((olen + 3) & ~3)
-        return linktype, unit, tsoff, snaplen
+        return linktype, unit, tsoff, snaplen, per_s
 
     # -- public ---------------------------------------------------------------
 

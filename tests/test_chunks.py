@@ -5,12 +5,14 @@
 chunk over to the next. Read in chunks of a few dozen bytes, so that nearly
 every record and block is cut somewhere, every capture in ``captures/`` and
 the shared corpus gives the same records (time, bytes, lengths, link type),
-the same warnings and the same analysis as read in the default chunks.
+the same warnings and the same analysis as read in the default chunks. And a
+pcapng copy of a pcap gives its packets the same times, to the last bit.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from fintrace.errors import FintraceError
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
 
-from conftest import capture_files, corpus_files
+from conftest import capture_files, corpus_files, need
 
 
 def read(path: Path) -> Any:
@@ -74,3 +76,22 @@ def test_the_test_cuts_records(monkeypatch: pytest.MonkeyPatch) -> None:
         while cap.pump(reader.RecordSink()):
             pumps += 1
     assert pumps > path.stat().st_size // 64 - 2
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in capture_files() if p.suffix == ".pcap"],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_a_pcapng_copy_has_the_same_times(path: Path, tmp_path: Path) -> None:
+    # pcapng counts ticks (here microseconds) where pcap has seconds and a
+    # fraction; ticks × 1e-6 rounds differently from seconds + fraction × 1e-6,
+    # so the same packet must not get another float from a pcapng copy.
+    need("editcap")
+    copy = tmp_path / "copy.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(path), str(copy)], check=True)
+    with reader.CaptureFile(path) as a, reader.CaptureFile(copy) as b:
+        want = [r[0] for r in a.records()]
+        got = [r[0] for r in b.records()]
+    assert got == want
+    assert want  # the capture has packets
