@@ -146,7 +146,7 @@ def _explain_one(name: str, path: Path, n: int) -> None:
     decoder = Decoder(table, DecodeStats(skipped), Reassembler(skipped))
     with CaptureFile(path) as cap:
         while cap.pump(decoder):  # as analyze reads: no object per packet
-            table.finished.clear()
+            table.take_finished()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     stats = after.compare_to(before, "lineno")

@@ -68,10 +68,9 @@ def table(path: str, options: AnalyzeOptions) -> list[Tracker]:
     done: list[Tracker] = []
     with CaptureFile(path) as cap:
         while cap.pump(decoder):
-            done += [c for c, _ in t.finished]
-            t.finished = []
+            done += [c for c, _ in t.take_finished()]
     decoder.finish()
-    return done + [c for c, _ in t.finished] + list(t.drain())
+    return done + [c for c, _ in t.take_finished()] + list(t.drain())
 
 
 def best(rounds: int, work: Callable[[], Any]) -> tuple[float, Any]:

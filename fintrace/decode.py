@@ -691,10 +691,7 @@ class Decoder(RecordSink):
         self.last_ts = ts
         if frame == 1:
             self.stats.first_ts = ts
-        # Fast path: where the IP header starts and its version (0: none). Fields
-        # are read byte by byte (see reader.BY_BYTE).
-        seq: int
-        ack: int
+        # Fast path: where the IP header starts and its version (0: none).
         if not self.fast:
             ver = 0
         elif lt == LT_ETHERNET:
@@ -750,22 +747,9 @@ class Decoder(RecordSink):
             ):
                 hlen = (offb >> 4) << 2
                 plen = total - 20 - hlen
-                if plen >= 0:
-                    key = buf[ip + 12 : ip + 24]
-                    flags = buf[t + 13]
-                    ws = -1
-                    if flags & SYN:
-                        syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
-                        ws = -2 if syn_ws is None else syn_ws
-                    if ws != -2:
-                        if BY_BYTE:
-                            seq = u32_be(buf, t + 4)
-                            ack = u32_be(buf, t + 8)
-                        else:
-                            seq, ack = _SEQ_ACK(buf, t + 4)
-                        win = (buf[t + 14] << 8) | buf[t + 15]
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
-                        return
+                key = buf[ip + 12 : ip + 24]
+                if plen >= 0 and self._tcp(frame, ts, key, buf, t, hlen, plen, off + caplen):
+                    return
         elif ver == 6:
             t = ip + 40
             plen = (buf[ip + 4] << 8) | buf[ip + 5]
@@ -779,22 +763,9 @@ class Decoder(RecordSink):
             ):
                 hlen = (offb >> 4) << 2
                 plen -= hlen
-                if plen >= 0:
-                    key = buf[ip + 8 : ip + 44]
-                    flags = buf[t + 13]
-                    ws = -1
-                    if flags & SYN:
-                        syn_ws = _syn_window_scale(buf, t, hlen, off + caplen)
-                        ws = -2 if syn_ws is None else syn_ws
-                    if ws != -2:
-                        if BY_BYTE:
-                            seq = u32_be(buf, t + 4)
-                            ack = u32_be(buf, t + 8)
-                        else:
-                            seq, ack = _SEQ_ACK(buf, t + 4)
-                        win = (buf[t + 14] << 8) | buf[t + 15]
-                        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
-                        return
+                key = buf[ip + 8 : ip + 44]
+                if plen >= 0 and self._tcp(frame, ts, key, buf, t, hlen, plen, off + caplen):
+                    return
         # General path.
         d = decode_packet(lt, buf[off : off + caplen], origlen, self.frags, frame)
         if type(d) is Decoded:
@@ -803,6 +774,30 @@ class Decoder(RecordSink):
             )
         else:
             self.skipped[d] += 1  # type: ignore[index]
+
+    def _tcp(
+        self, frame: int, ts: float, key: bytes, buf: bytes, t: int, hlen: int, plen: int, end: int
+    ) -> bool:
+        """Hand on the TCP header at ``buf[t:]``; False if it is a SYN whose options
+        were not all captured (up to ``end``), for the general path to say why."""
+        flags = buf[t + 13]
+        ws = -1
+        if flags & SYN:
+            syn_ws = _syn_window_scale(buf, t, hlen, end)
+            if syn_ws is None:
+                return False
+            ws = syn_ws
+        # Header fields byte by byte when compiled (see reader.BY_BYTE).
+        seq: int
+        ack: int
+        if BY_BYTE:
+            seq = u32_be(buf, t + 4)
+            ack = u32_be(buf, t + 8)
+        else:
+            seq, ack = _SEQ_ACK(buf, t + 4)
+        win = (buf[t + 14] << 8) | buf[t + 15]
+        self.sink.segment(frame, ts, key, seq, ack, flags, plen, win, ws)
+        return True
 
 
 def segments(

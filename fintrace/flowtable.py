@@ -205,14 +205,18 @@ class FlowTable(SegmentSink):
             for conn in done:
                 self.finished.append((conn, now))
 
+    def take_finished(self) -> list[tuple[Tracker, float]]:
+        """:attr:`finished`, which starts again empty."""
+        done = self.finished
+        self.finished = []
+        return done
+
     def consume(self, segments: Iterable[Segment]) -> Iterator[Tracker]:
         """Feed segments; yield connections as they finish."""
         for frame, ts, key, seq, ack, flags, plen, win, wscale in segments:
             self.segment(frame, ts, key, seq, ack, flags, plen, win, wscale)
             if self.finished:
-                done = self.finished
-                self.finished = []
-                for conn, _now in done:
+                for conn, _now in self.take_finished():
                     yield conn
 
     def _slow(

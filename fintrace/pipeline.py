@@ -251,11 +251,8 @@ class Run:
             more = True
             while more:
                 more = cap.pump(decoder)
-                if table.finished:
-                    done = table.finished
-                    table.finished = []
-                    for conn, now in done:
-                        yield self._connection(conn, now)
+                for conn, now in table.take_finished():
+                    yield self._connection(conn, now)
                 if report is not None:
                     report(done_before + (cap.position() if more else cap.size), total)
         finally:
