@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib
 import io
 import json
 import os
@@ -29,6 +30,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from fintrace.cli import main
+from fintrace.commands import COMMANDS
 from fintrace.model import SkipReason
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.reassembly import MAX_PENDING, Reassembler
@@ -335,6 +337,8 @@ def _as_nobody(cwd: Path, args: list[str]) -> tuple[int, str]:
     be closed to them too).
     """
     cli(str(DEMO))  # import everything the child will need
+    for name in COMMANDS:  # subcommands are imported when run (commands.LazyGroup)
+        importlib.import_module(f"fintrace.commands.{name}")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
