@@ -673,7 +673,6 @@ class Decoder(RecordSink):
     ) -> None:
         self.sink = sink
         self.stats = stats
-        self.skipped = stats.skipped
         self.frags = frags
         self.fast = not general_only
         self.frame = 0
@@ -773,7 +772,7 @@ class Decoder(RecordSink):
                 frame, ts, d.key, d.seq, d.ack, d.flags, d.payload_len, d.window, d.wscale
             )
         else:
-            self.skipped[d] += 1  # type: ignore[index]
+            self.stats.skipped[d] += 1  # type: ignore[index]
 
     def _tcp(
         self, frame: int, ts: float, key: bytes, buf: bytes, t: int, hlen: int, plen: int, end: int

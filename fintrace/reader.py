@@ -139,13 +139,12 @@ class CaptureFile:
         self._consumed_before = 0
         self._ended = False
         self._pcap = False
-        # pcap: its record header; pcapng: block and packet headers,
-        # interfaces (linktype, seconds per tick, offset seconds, snaplen), the
-        # last time.
+        # pcap: its record header; pcapng: block and packet headers, the
+        # section's interfaces, the last time.
         self._rec = _PCAP_RECORD_LE
         self._hdr = _PCAPNG_HDR_LE
         self._epb = _PCAPNG_EPB_LE
-        self._ifaces: list[tuple[int, float, float, int, int]] = []
+        self._ifaces: list[Interface] = []
         self._last_ts = 0.0
         try:
             # peek, not read and seek back: a pipe (``<(zcat x.pcap)``) cannot seek.
@@ -374,7 +373,6 @@ class CaptureFile:
         endian = self._endian
         hdr = self._hdr
         epb = self._epb
-        # per interface: (linktype, seconds per tick, offset seconds, snaplen, ticks per second)
         ifaces = self._ifaces
         last_ts = self._last_ts
         end = len(buf)
@@ -428,20 +426,17 @@ class CaptureFile:
                             f"a packet block names interface {iface}, which was never described"
                         )
                         return False
-                    lt, unit, tsoff, _snap, per_s = ifaces[iface]
-                    # Whole seconds, then the fraction: the float a pcap of the same
-                    # packet gives (ticks × unit rounds differently).
-                    ticks = (tsh << 32) | tsl
-                    last_ts = ticks // per_s + (ticks % per_s) * unit + tsoff
+                    ifc = ifaces[iface]
+                    last_ts = ifc.time((tsh << 32) | tsl)
                     self._last_ts = last_ts
-                    sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
+                    sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
                 elif btype == PCAPNG_IDB:
                     if blen < 20:
                         self._damaged(self._too_short("interface", off, end, blen))
                         return False
-                    ifaces.append(self._interface(buf, off, blen, endian))
-                    if ifaces[-1][0] not in self.linktypes:
-                        self.linktypes.append(ifaces[-1][0])
+                    ifaces.append(Interface.read(buf, off, blen, endian))
+                    if ifaces[-1].linktype not in self.linktypes:
+                        self.linktypes.append(ifaces[-1].linktype)
                 elif btype == PCAPNG_SPB:
                     if not ifaces:
                         self._damaged("a simple packet block comes before any interface")
@@ -450,10 +445,10 @@ class CaptureFile:
                         self._damaged(self._too_short("simple packet", off, end, blen))
                         return False
                     (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
-                    lt, _unit, _tsoff, snap, _per_s = ifaces[0]
-                    caplen = min(origlen, blen - 16, snap or origlen)
+                    ifc = ifaces[0]
+                    caplen = min(origlen, blen - 16, ifc.snaplen or origlen)
                     # A simple packet block has no timestamp; keep time moving.
-                    sink.record(last_ts, buf, off + 12, caplen, origlen, lt)
+                    sink.record(last_ts, buf, off + 12, caplen, origlen, ifc.linktype)
                 elif btype == PCAPNG_PB:
                     if blen < 32:
                         self._damaged(self._too_short("packet", off, end, blen))
@@ -464,13 +459,10 @@ class CaptureFile:
                     if iface >= len(ifaces) or 32 + caplen > blen:
                         self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
                         return False
-                    lt, unit, tsoff, _snap, per_s = ifaces[iface]
-                    # Whole seconds, then the fraction: the float a pcap of the same
-                    # packet gives (ticks × unit rounds differently).
-                    ticks = (tsh << 32) | tsl
-                    last_ts = ticks // per_s + (ticks % per_s) * unit + tsoff
+                    ifc = ifaces[iface]
+                    last_ts = ifc.time((tsh << 32) | tsl)
                     self._last_ts = last_ts
-                    sink.record(last_ts, buf, off + 28, caplen, origlen, lt)
+                    sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
                 elif btype in PCAPNG_RECORD_BLOCKS:
                     # Takes a frame number in Wireshark; the decoder counts it.
                     sink.record(last_ts, buf, off, 0, 0, LT_NO_PACKET)
@@ -488,32 +480,6 @@ class CaptureFile:
     def _damaged(self, what: str) -> None:
         self.truncated = True
         self.warnings.append(f"{what}; the file is damaged from there and was analysed up to it")
-
-    @staticmethod
-    def _interface(
-        buf: bytes, off: int, blen: int, endian: str
-    ) -> tuple[int, float, float, int, int]:
-        linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, off + 8)
-        unit = 1e-6
-        per_s = 1_000_000
-        tsoff = 0.0
-        o = off + 16
-        stop = off + blen - 4
-        while o + 4 <= stop:
-            code, olen = struct.unpack_from(endian + "HH", buf, o)
-            if code == 0:
-                break
-            # An option may not reach past its block, whatever its length says.
-            val = buf[o + 4 : min(o + 4 + olen, stop)]
-            if code == 9 and val:
-                r = val[0]
-                unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
-                per_s = 1 << (r & 0x7F) if r & 0x80 else 10**r
-            elif code == 14 and len(val) >= 8:
-                (secs,) = struct.unpack(endian + "q", val[:8])
-                tsoff = float(secs)
-            o += 4 + ((olen + 3) & ~3)
-        return linktype, unit, tsoff, snaplen, per_s
 
     # -- public ---------------------------------------------------------------
 
@@ -541,6 +507,48 @@ class CaptureFile:
             more = self.pump(out)
             yield from items
             items.clear()
+
+
+class Interface:
+    """A pcapng interface: its link type, snap length and how its packets count time."""
+
+    def __init__(self, linktype: int, snaplen: int, unit: float, per_s: int, offset: float) -> None:
+        self.linktype = linktype
+        self.snaplen = snaplen
+        #: Seconds per tick, ticks per second, and seconds added to each time.
+        self.unit = unit
+        self.per_s = per_s
+        self.offset = offset
+
+    def time(self, ticks: int) -> float:
+        """Whole seconds, then the fraction: the float a pcap of the same packet
+        gives (``ticks * unit`` rounds differently in the last bits)."""
+        return ticks // self.per_s + (ticks % self.per_s) * self.unit + self.offset
+
+    @staticmethod
+    def read(buf: bytes, off: int, blen: int, endian: str) -> Interface:
+        """The interface description block at ``buf[off:off + blen]``."""
+        linktype, _res, snaplen = struct.unpack_from(endian + "HHI", buf, off + 8)
+        unit = 1e-6
+        per_s = 1_000_000
+        offset = 0.0
+        o = off + 16
+        stop = off + blen - 4
+        while o + 4 <= stop:
+            code, olen = struct.unpack_from(endian + "HH", buf, o)
+            if code == 0:
+                break
+            # An option may not reach past its block, whatever its length says.
+            val = buf[o + 4 : min(o + 4 + olen, stop)]
+            if code == 9 and val:
+                r = val[0]
+                unit = 2.0 ** -(r & 0x7F) if r & 0x80 else 10.0**-r
+                per_s = 1 << (r & 0x7F) if r & 0x80 else 10**r
+            elif code == 14 and len(val) >= 8:
+                (secs,) = struct.unpack(endian + "q", val[:8])
+                offset = float(secs)
+            o += 4 + ((olen + 3) & ~3)
+        return Interface(linktype, snaplen, unit, per_s, offset)
 
 
 class RecordSink:

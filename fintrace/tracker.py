@@ -658,7 +658,11 @@ class _Freezing:
         """A time or a duration; 0.0 is every float slot's start."""
         if v == 0.0:
             self.out.append(_DEFAULT)
-            return
+        else:
+            self.real(v)
+
+    def real(self, v: float) -> None:
+        """A float, as its index among the distinct ones (a time often recurs)."""
         i = self.floats.get(v)
         if i is None:
             i = self.floats[v] = len(self.floats)
@@ -676,11 +680,7 @@ class _Freezing:
         elif type(v) is int:
             self.integer(v)
         elif type(v) is float:
-            i = self.floats.get(v)
-            if i is None:
-                i = self.floats[v] = len(self.floats)
-            self.out.append(_FLOAT)
-            self.varint(i)
+            self.real(v)
         elif type(v) is bool:
             self.out.append(_TRUE if v else _FALSE)
         elif type(v) is str:
@@ -728,11 +728,31 @@ class _Thawing:
         self.pos = pos
         return n
 
-    def number(self, default: int) -> int:
+    def tag(self) -> int:
         tag = self.blob[self.pos]
         self.pos += 1
+        return tag
+
+    def number(self, default: int) -> int:
+        tag = self.tag()
+        return default if tag == _DEFAULT else self.integer(tag)
+
+    def sequence(self, base: int) -> int:
+        tag = self.tag()
         if tag == _DEFAULT:
-            return default
+            return -1
+        v = self.integer(tag)
+        return v if base < 0 else (base + v) & M32
+
+    def frame(self, first: int) -> int:
+        tag = self.tag()
+        return 0 if tag == _DEFAULT else first + self.integer(tag)
+
+    def seconds(self) -> float:
+        tag = self.tag()
+        return 0.0 if tag == _DEFAULT else self.real(tag)
+
+    def integer(self, tag: int) -> int:
         if _SMALL <= tag < _SMALL_FLOAT:
             return tag - _SMALL
         if tag == _INT:
@@ -741,26 +761,7 @@ class _Thawing:
             return -self.varint()
         raise self._bad(tag)
 
-    def sequence(self, base: int) -> int:
-        tag = self.blob[self.pos]
-        if tag == _DEFAULT:
-            self.pos += 1
-            return -1
-        v = self.number(0)
-        return v if base < 0 else (base + v) & M32
-
-    def frame(self, first: int) -> int:
-        tag = self.blob[self.pos]
-        if tag == _DEFAULT:
-            self.pos += 1
-            return 0
-        return first + self.number(0)
-
-    def seconds(self) -> float:
-        tag = self.blob[self.pos]
-        self.pos += 1
-        if tag == _DEFAULT:
-            return 0.0
+    def real(self, tag: int) -> float:
         if tag >= _SMALL_FLOAT:
             return self.floats[tag - _SMALL_FLOAT]
         if tag == _FLOAT:
@@ -768,20 +769,13 @@ class _Thawing:
         raise self._bad(tag)
 
     def value(self) -> Any:
-        tag = self.blob[self.pos]
-        self.pos += 1
-        if tag >= _SMALL_FLOAT:
-            return self.floats[tag - _SMALL_FLOAT]
-        if tag >= _SMALL:
-            return tag - _SMALL
-        if tag == _INT:
-            return self.varint()
+        tag = self.tag()
+        if tag >= _SMALL_FLOAT or tag == _FLOAT:
+            return self.real(tag)
+        if tag >= _SMALL or tag in (_INT, _NEG):
+            return self.integer(tag)
         if tag == _NONE:
             return None
-        if tag == _FLOAT:
-            return self.floats[self.varint()]
-        if tag == _NEG:
-            return -self.varint()
         if tag == _TRUE:
             return True
         if tag == _FALSE:
