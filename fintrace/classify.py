@@ -21,20 +21,20 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from mypy_extensions import mypyc_attr
 
 from fintrace.decode import ACK
 from fintrace.model import CloseType, ResetPhase, Role, State
 from fintrace.tracker import Half, Tracker
 
 
-@dataclass
 class Roles:
     """Which side is the client; ``inferred`` when no SYN or SYN+ACK said so."""
 
-    client: Half
-    server: Half
-    inferred: bool
+    def __init__(self, client: Half, server: Half, inferred: bool) -> None:
+        self.client = client
+        self.server = server
+        self.inferred = inferred
 
     def of(self, half: Half | None) -> Role | None:
         if half is None:
@@ -42,25 +42,66 @@ class Roles:
         return Role.CLIENT if half is self.client else Role.SERVER
 
 
-@dataclass
+@mypyc_attr(acyclic=True)
 class Verdict:
     """How the connection closed, as TEARDOWN.md's fields say it.
 
-    Plain classes, not named tuples: compiled, one is made by a direct call,
-    a named tuple through Python code.
+    A plain class with its own ``__init__``: compiled, one is made by a
+    direct C call (a dataclass's generated ``__init__`` and a named tuple's
+    ``__new__`` are Python code, called through the interpreter). It holds
+    only enums and numbers, so it is *acyclic*: outside the cycle collector.
     """
 
-    close_type: CloseType
-    active_closer: Role | None
-    reset_by: Role | None
-    reset_phase: ResetPhase | None
-    time_wait: Role | None
-    half_close_bytes: int
-    close_wait_s: float | None
-    stuck: bool
-    final_ack_seen: bool | None
-    fin_retransmits: int
-    one_sided: bool
+    def __init__(
+        self,
+        close_type: CloseType,
+        active_closer: Role | None,
+        reset_by: Role | None,
+        reset_phase: ResetPhase | None,
+        time_wait: Role | None,
+        half_close_bytes: int,
+        close_wait_s: float | None,
+        stuck: bool,
+        final_ack_seen: bool | None,
+        fin_retransmits: int,
+        one_sided: bool,
+    ) -> None:
+        self.close_type = close_type
+        self.active_closer = active_closer
+        self.reset_by = reset_by
+        self.reset_phase = reset_phase
+        self.time_wait = time_wait
+        self.half_close_bytes = half_close_bytes
+        self.close_wait_s = close_wait_s
+        self.stuck = stuck
+        self.final_ack_seen = final_ack_seen
+        self.fin_retransmits = fin_retransmits
+        self.one_sided = one_sided
+
+    def values(self) -> tuple[object, ...]:
+        """Every field, in the order ``__init__`` takes them."""
+        return (
+            self.close_type,
+            self.active_closer,
+            self.reset_by,
+            self.reset_phase,
+            self.time_wait,
+            self.half_close_bytes,
+            self.close_wait_s,
+            self.stuck,
+            self.final_ack_seen,
+            self.fin_retransmits,
+            self.one_sided,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Verdict) and self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash(self.values())
+
+    def __repr__(self) -> str:
+        return f"Verdict{self.values()!r}"
 
 
 def port_of(half: Half) -> int:

@@ -45,6 +45,8 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
+from mypy_extensions import mypyc_attr
+
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN, Segment, SegmentSink
 from fintrace.tracker import HALF, M32, Half, Tracker, freeze, release, thaw
 
@@ -70,8 +72,12 @@ def reverse_key(key: bytes) -> bytes:
     return key[16:32] + key[0:16] + key[34:36] + key[32:34]
 
 
+@mypyc_attr(acyclic=True)
 class Tombstone:
-    """What is left of a finished connection while its 4-tuple is remembered."""
+    """What is left of a finished connection while its 4-tuple is remembered.
+
+    Keys, numbers and a name: *acyclic*, outside the cycle collector.
+    """
 
     __slots__ = ("base_a", "base_b", "capture", "closing", "key_a", "key_b", "last_ts", "stream")
 

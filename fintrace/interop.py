@@ -114,8 +114,9 @@ def _first_frame(conn: Tracker, h: Half) -> float:
     """Frame of the side's first segment: its first recorded state change."""
     if h is conn.a:
         return conn.first_frame
+    on_b = h is conn.b
     for m in conn.transitions:
-        if m.half is h:
+        if m.on_b == on_b:
             return m.frame
     return math.inf
 
@@ -263,7 +264,7 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
         return False  # SYN+RST in one segment: 'Q'
     if orig.bytes == 0:
         for m in conn.transitions:
-            if m.half is orig and m.state is State.ESTABLISHED and m.frame < rst_at:
+            if conn.half_of(m) is orig and m.state is State.ESTABLISHED and m.frame < rst_at:
                 return False
     return True
 

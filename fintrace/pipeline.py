@@ -317,9 +317,10 @@ class Run:
             files = tuple(
                 FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4]) for s in conn.spans()
             )
+        on_b = client is conn.b
         transitions = tuple(
             [
-                record(Transition, (CLIENT if m.half is client else SERVER, m.state, m.frame, m.ts))
+                record(Transition, (CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts))
                 for m in conn.transitions
             ]
         )

@@ -26,6 +26,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
 
@@ -183,18 +185,23 @@ class Half:
         return max(self.win << self.wscale, 65535)
 
 
+@mypyc_attr(acyclic=True)
 class Move:
-    """A side's state change: to ``state``, at ``frame`` (``ts``).
+    """A side's state change: to ``state``, at ``frame`` (``ts``); side b's if ``on_b``.
 
     One object, its numbers inside it (a tuple would hold an int and a float
     object besides): fewer allocations, and one cache line to read when the
-    connection is written out, long after.
+    connection is written out, long after. It names its side by a flag, not
+    by the :class:`Half`, so that it refers to nothing that could lead back
+    to it: compiled, it is *acyclic*, outside the cycle collector's lists,
+    made and freed without linking it into them (a connection makes about
+    ten; ``docs/performance.md``). :meth:`Tracker.half_of` gives the side.
     """
 
-    __slots__ = ("frame", "half", "state", "ts")
+    __slots__ = ("frame", "on_b", "state", "ts")
 
-    def __init__(self, half: Half, state: State, frame: int, ts: float) -> None:
-        self.half = half
+    def __init__(self, on_b: bool, state: State, frame: int, ts: float) -> None:
+        self.on_b = on_b
         self.state = state
         self.frame = frame
         self.ts = ts
@@ -255,10 +262,14 @@ class Tracker:
             self.anomalies = {}
         self.anomalies[anomaly] = self.anomalies.get(anomaly, 0) + 1
 
+    def half_of(self, m: Move) -> Half:
+        """The side whose state change ``m`` is."""
+        return self.b if m.on_b else self.a
+
     def _move(self, half: Half, state: State, frame: int, ts: float) -> None:
         if half.state is not state:
             half.state = state
-            self.transitions.append(Move(half, state, frame, ts))
+            self.transitions.append(Move(half is self.b, state, frame, ts))
             if state is ESTABLISHED:
                 self.established = True
 
@@ -881,7 +892,7 @@ def freeze(conn: Tracker) -> bytes:
     moves = conn.transitions
     w.varint(len(moves))
     for m in moves:
-        w.number((16 if m.half is b else 0) + code[m.state], -1)
+        w.number((16 if m.on_b else 0) + code[m.state], -1)
         w.frame(m.frame, first)
         w.seconds(m.ts)
     return w.blob()
@@ -951,12 +962,11 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     anomalies = r.value()
     conn.anomalies = None if anomalies is None else {Anomaly(k): n for k, n in anomalies.items()}
     conn.file_spans = r.value()
-    hs = (conn.a, conn.b)
     moves: list[Move] = []
     for _ in range(r.varint()):
         side_state = r.number(-1)
         frame = r.frame(first)
-        moves.append(Move(hs[side_state >> 4], states[side_state & 15], frame, r.seconds()))
+        moves.append(Move(side_state >= 16, states[side_state & 15], frame, r.seconds()))
     conn.transitions = moves
     conn.trace = None
     return conn
