@@ -70,7 +70,7 @@ import math
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import astuple, dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from fintrace.model import CloseType, Connection, Role, State
 
@@ -80,10 +80,10 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 #: Example streams kept per item (for Wireshark filters).
-MAX_EXAMPLES = 20
+MAX_EXAMPLES: Final = 20
 
 #: Close types in which the passive side completed its close.
-_COMPLETED = frozenset({CloseType.GRACEFUL, CloseType.PIGGYBACKED, CloseType.HALF_CLOSE})
+_COMPLETED: Final = frozenset({CloseType.GRACEFUL, CloseType.PIGGYBACKED, CloseType.HALF_CLOSE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +146,8 @@ class _Addresses:
 
 
 #: The ``pair`` of an item with one address: the bit no two-address pair has.
-_ONE = 1 << 63
-_LOW = 0xFFFFFFFF
+_ONE: Final = 1 << 63
+_LOW: Final = 0xFFFFFFFF
 
 #: An item of :class:`_Events`: one or two addresses, and a port. A service
 #: is one by what names it: ``(ip, None, port)`` for a server, ``(client ip,

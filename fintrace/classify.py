@@ -21,6 +21,8 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
+from typing import Final
+
 from mypy_extensions import mypyc_attr
 
 from fintrace.decode import ACK
@@ -217,7 +219,7 @@ def classify(
     return v
 
 
-_RESET_PHASES = {p.value: p for p in ResetPhase}
+_RESET_PHASES: Final = {p.value: p for p in ResetPhase}
 
 
 def _holders(r: Roles, state: State) -> Role | None:

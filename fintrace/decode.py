@@ -98,12 +98,12 @@ ET_IPV4: Final = 0x0800
 ET_IPV6: Final = 0x86DD
 # Wireshark 4.0 decodes these as VLAN tags (0x9100 is its default QinQ
 # preference); a frame it does not decode must not start a stream here.
-ET_VLAN = frozenset({0x8100, 0x88A8, 0x9100})
-ET_MPLS = frozenset({0x8847, 0x8848})
+ET_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
+ET_MPLS: Final = frozenset({0x8847, 0x8848})
 ET_PPPOE_SESSION: Final = 0x8864
 
 PROTO_TCP: Final = 6
-IPV6_EXTENSIONS = frozenset({0, 43, 60, 135, 139, 140})
+IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
 IPV6_FRAGMENT: Final = 44
 IPV6_AH: Final = 51
 MAX_IPV6_EXTENSIONS: Final = 16
@@ -111,13 +111,13 @@ MAX_TUNNEL_DEPTH: Final = 4
 VXLAN_PORT: Final = 4789
 GENEVE_PORT: Final = 6081
 
-_u16 = struct.Struct(">H").unpack_from
+_u16: Final = struct.Struct(">H").unpack_from
 _u32 = struct.Struct(">I").unpack_from
-_ipv4 = struct.Struct(">BxHHHxB").unpack_from  # vihl, total, id, frag, proto
-_ipv6 = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
-_tcp = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
-_tcp_short = struct.Struct(">IIBBH").unpack_from
-_SEQ_ACK = struct.Struct(">II").unpack_from
+_ipv4: Final = struct.Struct(">BxHHHxB").unpack_from  # vihl, total, id, frag, proto
+_ipv6: Final = struct.Struct(">IHB").unpack_from  # vtf, payload length, next header
+_tcp: Final = struct.Struct(">IIBBH").unpack_from  # seq, ack, offset, flags, window
+_tcp_short: Final = struct.Struct(">IIBBH").unpack_from
+_SEQ_ACK: Final = struct.Struct(">II").unpack_from
 
 
 class Decoded:

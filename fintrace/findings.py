@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from fintrace.model import NOT_A_LOSS, SkipReason
 from fintrace.pipeline import CaptureInfo
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 
 #: How many items of one kind become findings; the rest are summed up.
-TOP = 5
+TOP: Final = 5
 #: Shares of the ephemeral port range held in TIME_WAIT that are worth a finding.
 EXHAUSTION_WARNING = 0.05
 EXHAUSTION_CRITICAL = 0.5

@@ -97,7 +97,7 @@ class Tombstone:
 #: of the capture puts them in order without thawing them or making a key for
 #: each), and whether side a sent from the lower of the two flow keys, the one
 #: it is filed under.
-_FROZEN_HEAD = struct.Struct(">IIB")
+_FROZEN_HEAD: Final = struct.Struct(">IIB")
 
 
 def _lower_key(key: bytes) -> tuple[bytes, bytes]:

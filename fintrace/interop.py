@@ -25,6 +25,7 @@ import math
 import struct
 from binascii import b2a_base64
 from enum import IntEnum
+from typing import Final
 
 from fintrace.classify import port_of
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN
@@ -53,20 +54,21 @@ def community_id(
         src, dst, sport, dport = dst, src, dport, sport
     digest = _sha1(_SEED(seed) + src + dst + _TAIL(proto, 0, sport, dport)).digest()
     if b64:
-        return "1:" + b2a_base64(digest, newline=False).decode("ascii")
+        return "1:" + _b64(digest, newline=False).decode("ascii")
     return "1:" + digest.hex()
 
 
-_sha1 = hashlib.sha1
-_SEED = struct.Struct("!H").pack
-_TAIL = struct.Struct("!BBHH").pack
+_sha1: Final = hashlib.sha1
+_b64: Final = b2a_base64
+_SEED: Final = struct.Struct("!H").pack
+_TAIL: Final = struct.Struct("!BBHH").pack
 
 
 #: TCP ports Zeek's default scripts add to ``likely_server_ports`` (each
 #: ``base/protocols/*/main.zeek`` registers its analyzer's ports there).
 #: Zeek uses the set only to pick the originator of a connection whose first
 #: packet is not a plain SYN; a site that loads other scripts has other ports.
-LIKELY_SERVER_PORTS = frozenset(
+LIKELY_SERVER_PORTS: Final = frozenset(
     {
         21, 22, 25, 53, 80, 81, 88, 110, 135, 139, 143, 389, 443, 445, 502, 563, 585,
         587, 614, 631, 636, 989, 990, 992, 993, 995, 1080, 1434, 2811, 3128, 3268,
@@ -104,7 +106,7 @@ class _End:
 
 
 #: Marks a reconstructed segment that carried payload.
-_DATA = 0x10000
+_DATA: Final = 0x10000
 
 #: (order, tie-break, sender, flags, payload length)
 _Event = tuple[float, int, "Half", int, int]

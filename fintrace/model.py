@@ -86,7 +86,7 @@ class SkipReason(StrEnum):
 #: completes it, exactly as Wireshark shows it. A pcapng record that Wireshark
 #: numbers as a frame but that holds no packet (a systemd journal entry, a
 #: custom block) loses nothing either.
-NOT_A_LOSS = frozenset({SkipReason.IP_FRAGMENT, SkipReason.NOT_A_PACKET})
+NOT_A_LOSS: Final = frozenset({SkipReason.IP_FRAGMENT, SkipReason.NOT_A_PACKET})
 
 
 class Anomaly(StrEnum):

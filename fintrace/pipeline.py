@@ -56,6 +56,16 @@ SCHEMA_VERSION = "1.0"
 ONE_SIDED: Final = str(Anomaly.ONE_SIDED)
 CLIENT: Final = Role.CLIENT
 SERVER: Final = Role.SERVER
+# The record classes, as record() takes them: compiled code reads a Final
+# from C, an imported class through a dictionary lookup (ten a connection).
+_CONNECTION: Final = Connection
+_ENDPOINT: Final = Endpoint
+_FILE_SPAN: Final = FileSpan
+_REUSE: Final = Reuse
+_SIDE_COUNTS: Final = SideCounts
+_SIDE_FRAMES: Final = SideFrames
+_SIDE_STATES: Final = SideStates
+_TRANSITION: Final = Transition
 
 
 #: ``progress(bytes_done, bytes_total)``
@@ -68,7 +78,7 @@ Progress = Callable[[int, int], None]
 #: FIN at Linux's minimum RTO (0.2 s, doubling: 25.4 s in all); a RST answers
 #: within a round trip. Its 4-tuple is remembered for 2×MSL (numbering,
 #: reused_tuple) at a few dozen bytes.
-DEFAULT_LINGER = 30.0
+DEFAULT_LINGER: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +147,8 @@ class CaptureInfo:
 #: Address strings already made, so that connections (and the aggregates
 #: keyed by their addresses) share one string per address. Cleared when full:
 #: a capture of countless addresses costs no more than without it.
-_IP_TEXT: dict[bytes, str] = {}
-_IP_TEXT_MAX = 1 << 16
+_IP_TEXT: Final[dict[bytes, str]] = {}
+_IP_TEXT_MAX: Final = 1 << 16
 
 
 def ip_text(raw: bytes) -> str:
@@ -310,7 +320,7 @@ class Run:
             name = names[conn.capture]
             files: tuple[FileSpan, ...] = (
                 record(
-                    FileSpan, (name, conn.stream, conn.first_frame, conn.last_frame, conn.packets)
+                    _FILE_SPAN, (name, conn.stream, conn.first_frame, conn.last_frame, conn.packets)
                 ),
             )
         else:
@@ -320,39 +330,39 @@ class Run:
         on_b = client is conn.b
         transitions = tuple(
             [
-                record(Transition, (CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts))
+                record(_TRANSITION, (CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts))
                 for m in conn.transitions
             ]
         )
         c = record(
-            Connection,
+            _CONNECTION,
             (
                 conn.stream,
                 files[0].capture,
-                record(Endpoint, (ip_text(ck[:n]), cport)),
-                record(Endpoint, (ip_text(ck[n : 2 * n]), sport)),
+                record(_ENDPOINT, (ip_text(ck[:n]), cport)),
+                record(_ENDPOINT, (ip_text(ck[n : 2 * n]), sport)),
                 r.inferred,
                 conn.first_frame,
                 conn.last_frame,
                 conn.first_ts,
                 conn.last_ts,
                 conn.packets,
-                record(SideCounts, (client.bytes, server.bytes)),
+                record(_SIDE_COUNTS, (client.bytes, server.bytes)),
                 v.close_type,
                 v.active_closer,
                 v.reset_by,
                 v.reset_phase,
                 v.time_wait,
-                record(SideFrames, (client.fin_frame or None, server.fin_frame or None)),
+                record(_SIDE_FRAMES, (client.fin_frame or None, server.fin_frame or None)),
                 (conn.rst_frame or None) if v.reset_by is not None else None,
                 v.half_close_bytes,
                 v.close_wait_s,
                 v.stuck,
                 v.final_ack_seen,
                 v.fin_retransmits,
-                record(SideStates, (client.state, server.state)),
+                record(_SIDE_STATES, (client.state, server.state)),
                 transitions,
-                None if conn.reuse is None else record(Reuse, conn.reuse),
+                None if conn.reuse is None else record(_REUSE, conn.reuse),
                 anomalies,
                 community_id(ck[:n], ck[n : 2 * n], cport, sport),
                 zeek_conn_state(conn),

@@ -38,18 +38,18 @@ Record = tuple[float, bytes, int, int, int, int]
 CHUNK = 1 << 22
 #: Wireshark refuses records larger than this (WTAP_MAX_PACKET_SIZE_STANDARD);
 #: a larger length field means the file is damaged, not a huge packet.
-MAX_RECORD = 262_144
+MAX_RECORD: Final = 262_144
 #: A pcapng block may carry options and padding around a maximal packet.
-MAX_BLOCK = 16 * 1024 * 1024
+MAX_BLOCK: Final = 16 * 1024 * 1024
 
-PCAPNG_SHB = 0x0A0D0D0A
-PCAPNG_IDB = 1
-PCAPNG_PB = 2
-PCAPNG_SPB = 3
-PCAPNG_EPB = 6
+PCAPNG_SHB: Final = 0x0A0D0D0A
+PCAPNG_IDB: Final = 1
+PCAPNG_PB: Final = 2
+PCAPNG_SPB: Final = 3
+PCAPNG_EPB: Final = 6
 #: Blocks Wireshark 4.0 numbers as frames although they hold no packet: a
 #: systemd journal export and custom blocks (copiable or not).
-PCAPNG_RECORD_BLOCKS = frozenset({9, 0x00000BAD, 0x40000BAD})
+PCAPNG_RECORD_BLOCKS: Final = frozenset({9, 0x00000BAD, 0x40000BAD})
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 #: A pcapng record numbered as a frame that holds no packet (linktype of its record).
 LT_NO_PACKET: Final = -1

@@ -50,16 +50,16 @@ CLOSED: Final = State.CLOSED
 RESET: Final = State.RESET
 
 #: A side acknowledges its peer's FIN.
-_ON_ACKING_FIN = {
+_ON_ACKING_FIN: Final = {
     ESTABLISHED: CLOSE_WAIT,
     FIN_WAIT_1: CLOSING,
     FIN_WAIT_2: TIME_WAIT,
     SYN_RECEIVED: CLOSE_WAIT,
 }
 #: A side's own FIN is acknowledged by its peer.
-_ON_FIN_ACKED = {FIN_WAIT_1: FIN_WAIT_2, CLOSING: TIME_WAIT, LAST_ACK: CLOSED}
+_ON_FIN_ACKED: Final = {FIN_WAIT_1: FIN_WAIT_2, CLOSING: TIME_WAIT, LAST_ACK: CLOSED}
 #: A side sends its FIN.
-_ON_SENDING_FIN = {
+_ON_SENDING_FIN: Final = {
     ESTABLISHED: FIN_WAIT_1,
     CLOSE_WAIT: LAST_ACK,
     SYN_RECEIVED: FIN_WAIT_1,
@@ -592,8 +592,8 @@ def release(conn: Tracker) -> None:
 # -- compact form of an idle connection ----------------------------------------------
 
 #: States by number in the frozen form (a small int costs less than a name).
-_STATE_LIST = tuple(State)
-_STATE_CODE = {s: i for i, s in enumerate(_STATE_LIST)}
+_STATE_LIST: Final = tuple(State)
+_STATE_CODE: Final = {s: i for i, s in enumerate(_STATE_LIST)}
 
 # The frozen form: the number of distinct floats (a varint), those floats (8
 # bytes each), then every value as a tag byte and what the tag says follows.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import orjson
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-_dumps = orjson.dumps
+_dumps: Final = orjson.dumps
 
 
 def connection_dict(c: Connection) -> dict[str, Any]:
