@@ -297,6 +297,12 @@ def _service_key(c: Connection, passive: Role) -> _Item:
     return (c.client.ip, c.server.ip, c.server.port)
 
 
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    """``Counter.update`` for plain dicts of counts: each count added, new keys last."""
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
 def _float_array() -> array[float]:
     return array("d")
 
@@ -330,9 +336,12 @@ class Aggregator:
     def __init__(self, options: AggregateOptions) -> None:
         self.options = options
         self.total = 0
-        self.close_types: Counter[str] = Counter()
-        self.active: Counter[str] = Counter()
-        self.tw_holders: Counter[str] = Counter()
+        # Plain dicts, not Counters, for the counts made per connection: a
+        # Counter defines __delitem__ in Python, so every item set on one goes
+        # through a generic slot.
+        self.close_types: dict[str, int] = {}
+        self.active: dict[str, int] = {}
+        self.tw_holders: dict[str, int] = {}
         # A module function, not a lambda: ``--jobs`` workers send it pickled.
         self.tw_by_host: defaultdict[str, array[float]] = defaultdict(_float_array)
         #: The addresses of the items of ``tw_by_triple`` and ``waits``.
@@ -366,12 +375,14 @@ class Aggregator:
         self.first_ts = min(self.first_ts, c.first_ts)
         self.last_ts = max(self.last_ts, c.last_ts)
         kind = c.close_type
-        self.close_types[kind] += 1
-        self.active[c.active_closer or "none"] += 1
+        counts = self.close_types
+        counts[kind] = counts.get(kind, 0) + 1
+        active = c.active_closer or "none"
+        self.active[active] = self.active.get(active, 0) + 1
         for a in c.anomalies:
             self.anomalies[a] += 1
         if c.time_wait is not None:
-            self.tw_holders[c.time_wait] += 1
+            self.tw_holders[c.time_wait] = self.tw_holders.get(c.time_wait, 0) + 1
             self._time_wait(c)
         if c.reused_tuple is not None and c.reused_tuple.gap_s < 2 * self.options.msl:
             self.reused.add(c.capture, c.stream)
@@ -646,10 +657,10 @@ class Aggregator:
         self.total += other.total
         self.first_ts = min(self.first_ts, other.first_ts)
         self.last_ts = max(self.last_ts, other.last_ts)
-        self.close_types.update(other.close_types)
-        self.active.update(other.active)
+        _add_counts(self.close_types, other.close_types)
+        _add_counts(self.active, other.active)
         self.anomalies.update(other.anomalies)
-        self.tw_holders.update(other.tw_holders)
+        _add_counts(self.tw_holders, other.tw_holders)
         for ip, starts in other.tw_by_host.items():
             self.tw_by_host[ip].extend(starts)
         self.tw_by_triple.extend(self.addrs, other.tw_by_triple, other.addrs)

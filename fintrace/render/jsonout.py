@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 
 _dumps: Final = orjson.dumps
+_APPEND_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
 def connection_dict(c: Connection) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class JsonLinesRenderer:
         pass
 
     def connection(self, conn: Connection) -> None:
-        self.chunks.write(_dumps(connection_dict(conn), option=orjson.OPT_APPEND_NEWLINE))
+        self.chunks.write(_dumps(connection_dict(conn), option=_APPEND_NEWLINE))
 
     def flush(self) -> None:
         self.chunks.flush()
