@@ -68,7 +68,12 @@ NUMBERINGS = ("wireshark-4.4", "wireshark-4.0")
 def reverse_key(key: bytes) -> bytes:
     """The flow key of the opposite direction."""
     if len(key) == 12:
-        return key[4:8] + key[0:4] + key[10:12] + key[8:10]
+        # One bytes object from a list of small ints (cached), where slices
+        # and concatenations would make seven.
+        return bytes(
+            [key[4], key[5], key[6], key[7], key[0], key[1], key[2], key[3],
+             key[10], key[11], key[8], key[9]]
+        )  # fmt: skip
     return key[16:32] + key[0:16] + key[34:36] + key[32:34]
 
 
@@ -98,12 +103,6 @@ class Tombstone:
 #: each), and whether side a sent from the lower of the two flow keys, the one
 #: it is filed under.
 _FROZEN_HEAD: Final = struct.Struct(">IIB")
-
-
-def _lower_key(key: bytes) -> tuple[bytes, bytes]:
-    """The lower of a flow key and its reverse (a frozen connection's key), then the other."""
-    rkey = reverse_key(key)
-    return (key, rkey) if key < rkey else (rkey, key)
 
 
 class FlowTable(SegmentSink):
@@ -251,10 +250,13 @@ class FlowTable(SegmentSink):
                 self._freeze_idle(ts)
                 h = self.table.get(key)
         tomb = None
+        rkey = b""
         if h is None:
             tomb = self.tombstones.get(key)
-            if tomb is None and self.frozen:
-                h = self._thaw(key)
+            if tomb is None:
+                rkey = reverse_key(key)
+                if self.frozen:
+                    h = self._thaw(key, rkey)
         if tomb is not None:
             reuse = None
             if tomb.capture == self.capture:
@@ -266,16 +268,16 @@ class FlowTable(SegmentSink):
                 reuse = (tomb.stream, ts - tomb.last_ts)
             # Else opened on its own, this file numbers the segment as a new stream.
             self._bury(tomb)
-            h = self._new(key, frame, ts, reuse)
+            h = self._new(key, tomb.key_b if key == tomb.key_a else tomb.key_a, frame, ts, reuse)
         elif h is not None:
             conn = h.conn
             if flags & SYN and self._starts_new_stream(h, seq, flags):
                 done = (done or []) + [self._remove(conn)]
-                h = self._new(key, frame, ts, (conn.stream, ts - conn.last_ts))
+                h = self._new(key, h.peer.key, frame, ts, (conn.stream, ts - conn.last_ts))
             elif conn.capture != self.capture and conn.last_capture() != self.capture:
                 conn.open_span(self.capture, self._number(), frame)
         else:
-            h = self._new(key, frame, ts, None)
+            h = self._new(key, rkey, frame, ts, None)
         if not flags & COUNT_ONLY:
             if h.ws_base < 0:
                 h.ws_base = seq if flags & SYN else (seq - 1) & M32
@@ -310,8 +312,10 @@ class FlowTable(SegmentSink):
         self.next_stream = n + 1
         return n
 
-    def _new(self, key: bytes, frame: int, ts: float, reuse: tuple[int, float] | None) -> Half:
-        rkey = reverse_key(key)
+    def _new(
+        self, key: bytes, rkey: bytes, frame: int, ts: float, reuse: tuple[int, float] | None
+    ) -> Half:
+        """A new connection, its first segment sent from ``key`` (``rkey`` the reverse)."""
         conn = Tracker(self._number(), self.capture, key, rkey, frame, ts)
         conn.reuse = reuse
         if self._trace is not None and conn.stream in self._trace and self.capture == 0:
@@ -345,9 +349,10 @@ class FlowTable(SegmentSink):
             release(conn)  # the collector is paused
         self.freezes += len(idle)
 
-    def _thaw(self, key: bytes) -> Half | None:
+    def _thaw(self, key: bytes, rkey: bytes) -> Half | None:
         """The side sending from ``key`` of its frozen connection, thawed; None without one."""
-        lower, upper = _lower_key(key)
+        # Filed under the lower of its two flow keys.
+        lower, upper = (key, rkey) if key < rkey else (rkey, key)
         blob = self.frozen.pop(lower, None)
         if blob is None:
             return None
