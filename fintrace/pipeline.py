@@ -145,8 +145,10 @@ class CaptureInfo:
 
 
 #: Address strings already made, so that connections (and the aggregates
-#: keyed by their addresses) share one string per address. Cleared when full:
-#: a capture of countless addresses costs no more than without it.
+#: keyed by their addresses) share one string per address: a lookup in the
+#: aggregates then finds its key by identity, without comparing the text of a
+#: string made long before. Cleared when full: a capture of countless
+#: addresses costs no more than without it.
 _IP_TEXT: Final[dict[bytes, str]] = {}
 _IP_TEXT_MAX: Final = 1 << 16
 
@@ -311,6 +313,8 @@ class Run:
         n = 4 if len(ck) == 12 else 16
         cport = (ck[2 * n] << 8) | ck[2 * n + 1]
         sport = (ck[2 * n + 2] << 8) | ck[2 * n + 3]
+        caddr = ck[:n]
+        saddr = ck[n : 2 * n]
         if conn.anomalies is None:
             anomalies: tuple[str, ...] = (ONE_SIDED,) if v.one_sided else ()
         else:
@@ -339,8 +343,8 @@ class Run:
             (
                 conn.stream,
                 files[0].capture,
-                record(_ENDPOINT, (ip_text(ck[:n]), cport)),
-                record(_ENDPOINT, (ip_text(ck[n : 2 * n]), sport)),
+                record(_ENDPOINT, (ip_text(caddr), cport)),
+                record(_ENDPOINT, (ip_text(saddr), sport)),
                 r.inferred,
                 conn.first_frame,
                 conn.last_frame,
@@ -364,7 +368,7 @@ class Run:
                 transitions,
                 None if conn.reuse is None else record(_REUSE, conn.reuse),
                 anomalies,
-                community_id(ck[:n], ck[n : 2 * n], cport, sport),
+                community_id(caddr, saddr, cport, sport),
                 zeek_conn_state(conn),
                 files[-1].capture,
                 files,
