@@ -56,12 +56,12 @@ def in_scope(scope: Scope | None, c: Connection) -> bool:
     """One of the connection's endpoints is the service."""
     if scope is None:
         return True
-    for ip, port in (c.client, c.server):
-        if scope.port is not None and port != scope.port:
+    for end in (c.client, c.server):
+        if scope.port is not None and end.port != scope.port:
             continue
         if scope.host is None:
             return True
-        addr = _address(ip)
+        addr = _address(end.ip)
         if addr.version == scope.host.version and addr in scope.host:
             return True
     return False

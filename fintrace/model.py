@@ -8,7 +8,9 @@ test checks both lists against each other.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
-from typing import Final, NamedTuple
+from typing import Any, ClassVar, Final, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 
 class State(StrEnum):
@@ -120,98 +122,241 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
-# The per-connection records below are NamedTuples rather than frozen slots
-# dataclasses: equally immutable and typed, but built about ten times faster
-# (a frozen dataclass sets each field through object.__setattr__), and one
-# is built per connection, a hundred thousand times on a large capture
-# (docs/performance.md).
-
-#: ``record(Connection, (stream, capture, ...))``: a record from the tuple of all
-#: its fields, in order. A NamedTuple call runs the class's ``__new__``, Python
-#: code even for a compiled caller (2,000 instructions a call); this is
-#: ``tuple.__new__``, in C. Nothing counts the fields: the schema and output
-#: tests see a record whose fields are off by one.
-record: Final = tuple.__new__
+# The per-connection records. Plain classes with their own __init__ rather
+# than named tuples or dataclasses: compiled, one is made by a direct C call
+# in about 50 ns, where a named tuple's Python __new__ (or tuple.__new__) and a
+# dataclass's generated __init__ go through the interpreter and make
+# temporary tuples (190 ns and more); a connection makes about fifteen, a
+# large capture a hundred thousand connections (docs/performance.md). They
+# hold only values and other records, so they are *acyclic*: outside the
+# cycle collector. Treat them as immutable; :class:`Record` gives them
+# equality, a hash, a repr and pickling by their field values.
 
 
-class Endpoint(NamedTuple):
-    ip: str
-    port: int
+R = TypeVar("R", bound="Record")
 
 
-class Transition(NamedTuple):
-    side: Role
-    state: State
-    frame: int
-    ts: float
+@mypyc_attr(acyclic=True)
+class Record:
+    """Equality, hash, repr and pickling of a record, from its :attr:`FIELDS`."""
+
+    #: The record's fields, in order (the JSON contract's names).
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def values(self) -> tuple[Any, ...]:
+        """The field values, in the order of :attr:`FIELDS` (and of ``__init__``)."""
+        return tuple([getattr(self, name) for name in self.FIELDS])
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self) or not isinstance(other, Record):
+            return False
+        return self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash(self.values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(self.FIELDS, self.values(), strict=True))
+        return f"{type(self).__name__}({shown})"
+
+    def __reduce__(self) -> tuple[type[Record], tuple[Any, ...]]:
+        return (type(self), self.values())
+
+    def replace(self: R, **changes: Any) -> R:
+        """A copy with some fields changed (a named tuple's ``_replace``)."""
+        return type(self)(**{**dict(zip(self.FIELDS, self.values(), strict=True)), **changes})
 
 
-class SideCounts(NamedTuple):
-    client: int
-    server: int
+@mypyc_attr(acyclic=True)
+class Endpoint(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("ip", "port")
+
+    def __init__(self, ip: str, port: int) -> None:
+        self.ip = ip
+        self.port = port
 
 
-class SideFrames(NamedTuple):
-    client: int | None
-    server: int | None
+@mypyc_attr(acyclic=True)
+class Transition(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("side", "state", "frame", "ts")
+
+    def __init__(self, side: Role, state: State, frame: int, ts: float) -> None:
+        self.side = side
+        self.state = state
+        self.frame = frame
+        self.ts = ts
 
 
-class SideStates(NamedTuple):
-    client: State | None
-    server: State | None
+@mypyc_attr(acyclic=True)
+class SideCounts(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("client", "server")
+
+    def __init__(self, client: int, server: int) -> None:
+        self.client = client
+        self.server = server
 
 
-class Reuse(NamedTuple):
-    previous_stream: int
-    gap_s: float
+@mypyc_attr(acyclic=True)
+class SideFrames(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("client", "server")
+
+    def __init__(self, client: int | None, server: int | None) -> None:
+        self.client = client
+        self.server = server
 
 
-class FileSpan(NamedTuple):
+@mypyc_attr(acyclic=True)
+class SideStates(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("client", "server")
+
+    def __init__(self, client: State | None, server: State | None) -> None:
+        self.client = client
+        self.server = server
+
+
+@mypyc_attr(acyclic=True)
+class Reuse(Record):
+    FIELDS: ClassVar[tuple[str, ...]] = ("previous_stream", "gap_s")
+
+    def __init__(self, previous_stream: int, gap_s: float) -> None:
+        self.previous_stream = previous_stream
+        self.gap_s = gap_s
+
+
+@mypyc_attr(acyclic=True)
+class FileSpan(Record):
     """Where a connection's packets lie in one file of a multi-file run.
 
     ``stream`` is the ``tcp.stream`` Wireshark gives the connection when that
     file is opened on its own.
     """
 
-    capture: str
-    stream: int
-    first_frame: int
-    last_frame: int
-    packets: int
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "capture",
+        "stream",
+        "first_frame",
+        "last_frame",
+        "packets",
+    )
+
+    def __init__(
+        self,
+        capture: str,
+        stream: int,
+        first_frame: int,
+        last_frame: int,
+        packets: int,
+    ) -> None:
+        self.capture = capture
+        self.stream = stream
+        self.first_frame = first_frame
+        self.last_frame = last_frame
+        self.packets = packets
 
 
-class Connection(NamedTuple):
+@mypyc_attr(acyclic=True)
+class Connection(Record):
     """One connection, as the JSON contract names its fields."""
 
-    stream: int
-    capture: str
-    client: Endpoint
-    server: Endpoint
-    roles_inferred: bool
-    first_frame: int
-    last_frame: int
-    first_ts: float
-    last_ts: float
-    packets: int
-    payload_bytes: SideCounts
-    close_type: CloseType
-    active_closer: Role | None
-    reset_by: Role | None
-    reset_phase: ResetPhase | None
-    time_wait: Role | None
-    fin_frames: SideFrames
-    rst_frame: int | None
-    half_close_bytes: int
-    close_wait_s: float | None
-    stuck: bool
-    final_ack_seen: bool | None
-    fin_retransmits: int
-    end_state: SideStates
-    transitions: tuple[Transition, ...]
-    reused_tuple: Reuse | None
-    anomalies: tuple[str, ...]
-    community_id: str
-    zeek_conn_state: str
-    last_capture: str
-    files: tuple[FileSpan, ...]
-    rst_lost_bytes: int
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "stream",
+        "capture",
+        "client",
+        "server",
+        "roles_inferred",
+        "first_frame",
+        "last_frame",
+        "first_ts",
+        "last_ts",
+        "packets",
+        "payload_bytes",
+        "close_type",
+        "active_closer",
+        "reset_by",
+        "reset_phase",
+        "time_wait",
+        "fin_frames",
+        "rst_frame",
+        "half_close_bytes",
+        "close_wait_s",
+        "stuck",
+        "final_ack_seen",
+        "fin_retransmits",
+        "end_state",
+        "transitions",
+        "reused_tuple",
+        "anomalies",
+        "community_id",
+        "zeek_conn_state",
+        "last_capture",
+        "files",
+        "rst_lost_bytes",
+    )
+
+    def __init__(  # noqa: PLR0917 (made positionally, the quickest call, by the pipeline)
+        self,
+        stream: int,
+        capture: str,
+        client: Endpoint,
+        server: Endpoint,
+        roles_inferred: bool,
+        first_frame: int,
+        last_frame: int,
+        first_ts: float,
+        last_ts: float,
+        packets: int,
+        payload_bytes: SideCounts,
+        close_type: CloseType,
+        active_closer: Role | None,
+        reset_by: Role | None,
+        reset_phase: ResetPhase | None,
+        time_wait: Role | None,
+        fin_frames: SideFrames,
+        rst_frame: int | None,
+        half_close_bytes: int,
+        close_wait_s: float | None,
+        stuck: bool,
+        final_ack_seen: bool | None,
+        fin_retransmits: int,
+        end_state: SideStates,
+        transitions: tuple[Transition, ...],
+        reused_tuple: Reuse | None,
+        anomalies: tuple[str, ...],
+        community_id: str,
+        zeek_conn_state: str,
+        last_capture: str,
+        files: tuple[FileSpan, ...],
+        rst_lost_bytes: int,
+    ) -> None:
+        self.stream = stream
+        self.capture = capture
+        self.client = client
+        self.server = server
+        self.roles_inferred = roles_inferred
+        self.first_frame = first_frame
+        self.last_frame = last_frame
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+        self.packets = packets
+        self.payload_bytes = payload_bytes
+        self.close_type = close_type
+        self.active_closer = active_closer
+        self.reset_by = reset_by
+        self.reset_phase = reset_phase
+        self.time_wait = time_wait
+        self.fin_frames = fin_frames
+        self.rst_frame = rst_frame
+        self.half_close_bytes = half_close_bytes
+        self.close_wait_s = close_wait_s
+        self.stuck = stuck
+        self.final_ack_seen = final_ack_seen
+        self.fin_retransmits = fin_retransmits
+        self.end_state = end_state
+        self.transitions = transitions
+        self.reused_tuple = reused_tuple
+        self.anomalies = anomalies
+        self.community_id = community_id
+        self.zeek_conn_state = zeek_conn_state
+        self.last_capture = last_capture
+        self.files = files
+        self.rst_lost_bytes = rst_lost_bytes

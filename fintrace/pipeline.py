@@ -44,7 +44,6 @@ from fintrace.model import (
     SideStates,
     SkipReason,
     Transition,
-    record,
 )
 from fintrace.reader import CaptureFile, first_timestamp
 from fintrace.reassembly import Reassembler
@@ -56,16 +55,6 @@ SCHEMA_VERSION = "1.0"
 ONE_SIDED: Final = str(Anomaly.ONE_SIDED)
 CLIENT: Final = Role.CLIENT
 SERVER: Final = Role.SERVER
-# The record classes, as record() takes them: compiled code reads a Final
-# from C, an imported class through a dictionary lookup (ten a connection).
-_CONNECTION: Final = Connection
-_ENDPOINT: Final = Endpoint
-_FILE_SPAN: Final = FileSpan
-_REUSE: Final = Reuse
-_SIDE_COUNTS: Final = SideCounts
-_SIDE_FRAMES: Final = SideFrames
-_SIDE_STATES: Final = SideStates
-_TRANSITION: Final = Transition
 
 
 #: ``progress(bytes_done, bytes_total)``
@@ -323,57 +312,53 @@ class Run:
         if conn.file_spans is None and not self.options.separate:
             name = names[conn.capture]
             files: tuple[FileSpan, ...] = (
-                record(
-                    _FILE_SPAN, (name, conn.stream, conn.first_frame, conn.last_frame, conn.packets)
-                ),
+                FileSpan(name, conn.stream, conn.first_frame, conn.last_frame, conn.packets),
             )
         else:
             files = tuple(
                 FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4]) for s in conn.spans()
             )
         on_b = client is conn.b
+        reuse = conn.reuse
         transitions = tuple(
             [
-                record(_TRANSITION, (CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts))
+                Transition(CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts)
                 for m in conn.transitions
             ]
         )
-        c = record(
-            _CONNECTION,
-            (
-                conn.stream,
-                files[0].capture,
-                record(_ENDPOINT, (ip_text(caddr), cport)),
-                record(_ENDPOINT, (ip_text(saddr), sport)),
-                r.inferred,
-                conn.first_frame,
-                conn.last_frame,
-                conn.first_ts,
-                conn.last_ts,
-                conn.packets,
-                record(_SIDE_COUNTS, (client.bytes, server.bytes)),
-                v.close_type,
-                v.active_closer,
-                v.reset_by,
-                v.reset_phase,
-                v.time_wait,
-                record(_SIDE_FRAMES, (client.fin_frame or None, server.fin_frame or None)),
-                (conn.rst_frame or None) if v.reset_by is not None else None,
-                v.half_close_bytes,
-                v.close_wait_s,
-                v.stuck,
-                v.final_ack_seen,
-                v.fin_retransmits,
-                record(_SIDE_STATES, (client.state, server.state)),
-                transitions,
-                None if conn.reuse is None else record(_REUSE, conn.reuse),
-                anomalies,
-                community_id(caddr, saddr, cport, sport),
-                zeek_conn_state(conn),
-                files[-1].capture,
-                files,
-                conn.rst_lost if v.reset_by is not None else 0,
-            ),
+        c = Connection(
+            conn.stream,
+            files[0].capture,
+            Endpoint(ip_text(caddr), cport),
+            Endpoint(ip_text(saddr), sport),
+            r.inferred,
+            conn.first_frame,
+            conn.last_frame,
+            conn.first_ts,
+            conn.last_ts,
+            conn.packets,
+            SideCounts(client.bytes, server.bytes),
+            v.close_type,
+            v.active_closer,
+            v.reset_by,
+            v.reset_phase,
+            v.time_wait,
+            SideFrames(client.fin_frame or None, server.fin_frame or None),
+            (conn.rst_frame or None) if v.reset_by is not None else None,
+            v.half_close_bytes,
+            v.close_wait_s,
+            v.stuck,
+            v.final_ack_seen,
+            v.fin_retransmits,
+            SideStates(client.state, server.state),
+            transitions,
+            None if reuse is None else Reuse(reuse[0], reuse[1]),
+            anomalies,
+            community_id(caddr, saddr, cport, sport),
+            zeek_conn_state(conn),
+            files[-1].capture,
+            files,
+            conn.rst_lost if v.reset_by is not None else 0,
         )
         self.aggregator.add(c)
         if conn.trace is not None:

@@ -259,7 +259,7 @@ def test_merge_a_host_that_resets_as_client_in_one_file_and_as_server_in_another
     )
     by_client, by_server = files[0][0], files[1][0]
     assert (by_client.reset_by, by_server.reset_by) == ("client", "server")
-    by_server = by_server._replace(server=Endpoint(by_client.client.ip, by_server.server.port))
+    by_server = by_server.replace(server=Endpoint(by_client.client.ip, by_server.server.port))
     for groups, role in (
         ([[by_client], [by_server]], "both"),
         ([[by_server], [by_client, by_client]], "both"),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,6 +25,9 @@ import fintrace
 from fintrace import _native
 
 from conftest import CAPTURES, ROOT, capture_files, corpus_files
+
+if TYPE_CHECKING:
+    from fintrace.model import Record
 
 PACKAGE = Path(fintrace.__file__).resolve().parent
 REQUIRE_COMPILED = os.environ.get("FINTRACE_REQUIRE_COMPILED") == "1"
@@ -240,28 +244,45 @@ def test_the_build_falls_back_to_pure_python(tmp_path: Path, env: dict[str, str]
     )
 
 
-def _records(value: object) -> list[tuple[object, ...]]:
-    """Every NamedTuple in ``value``, itself included, depth first."""
-    found: list[tuple[object, ...]] = []
+def _records(value: object) -> list[Record]:
+    """Every record in ``value``, itself included, depth first."""
+    from fintrace.model import Record
+
+    found: list[Record] = []
+    if isinstance(value, Record):
+        found.append(value)
+        value = value.values()
     if isinstance(value, tuple):
-        if hasattr(value, "_fields"):
-            found.append(value)
         for item in value:
             found += _records(item)
     return found
 
 
-def test_every_record_has_a_value_per_field() -> None:
-    # The pipeline builds records with model.record (tuple.__new__, faster
-    # than a NamedTuple call), which does not count the values.
+def test_every_record_is_made_and_given_back_by_its_fields() -> None:
+    # Equality, the hash, the repr, pickling (--jobs) and replace() all read
+    # a record through its FIELDS, which must name every field in the order
+    # __init__ takes them: a record made again from its values is equal to it
+    # only then (two fields swapped, or one left out, break it). The JSON
+    # contract lists a connection's fields in the same order.
+    import pickle
+
+    from fintrace.model import Connection
     from fintrace.pipeline import AnalyzeOptions, analyze
+    from fintrace.render.jsonout import connection_dict
 
     paths = [str(p) for p in capture_files() if "closes" in p.parts or "incident" in p.parts]
     kinds: set[str] = set()
     for path in paths:
         for conn in analyze(AnalyzeOptions(paths=(path,))).connections():
+            assert list(connection_dict(conn)) == list(Connection.FIELDS)
             for rec in _records(conn):
-                assert len(rec) == len(rec._fields), (type(rec).__name__, rec)  # type: ignore[attr-defined]
+                values = rec.values()
+                assert len(values) == len(set(type(rec).FIELDS)), type(rec).__name__
+                again = type(rec)(*values)
+                assert again == rec and hash(again) == hash(rec) and again.values() == values
+                assert pickle.loads(pickle.dumps(rec)) == rec
+                assert rec.replace() == rec
+                assert repr(rec).startswith(type(rec).__name__ + "(")
                 kinds.add(type(rec).__name__)
     assert {"Connection", "Endpoint", "FileSpan", "SideCounts", "SideFrames", "SideStates",
             "Transition", "Reuse"} <= kinds  # fmt: skip

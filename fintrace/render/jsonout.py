@@ -21,87 +21,58 @@ _APPEND_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 def connection_dict(c: Connection) -> dict[str, Any]:
     """The connection as JSON data, field for field as TEARDOWN.md names them."""
-    (
-        stream,
-        capture,
-        client,
-        server,
-        roles_inferred,
-        first_frame,
-        last_frame,
-        first_ts,
-        last_ts,
-        packets,
-        payload,
-        close_type,
-        active_closer,
-        reset_by,
-        reset_phase,
-        time_wait,
-        fin_frames,
-        rst_frame,
-        half_close_bytes,
-        close_wait_s,
-        stuck,
-        final_ack_seen,
-        fin_retransmits,
-        end_state,
-        transitions,
-        reused,
-        anomalies,
-        community_id,
-        zeek,
-        last_capture,
-        files,
-        rst_lost_bytes,
-    ) = c
+    client = c.client
+    server = c.server
+    payload = c.payload_bytes
+    fin_frames = c.fin_frames
+    end_state = c.end_state
+    reused = c.reused_tuple
     return {
-        "stream": stream,
-        "capture": capture,
-        "client": {"ip": client[0], "port": client[1]},
-        "server": {"ip": server[0], "port": server[1]},
-        "roles_inferred": roles_inferred,
-        "first_frame": first_frame,
-        "last_frame": last_frame,
-        "first_ts": first_ts,
-        "last_ts": last_ts,
-        "packets": packets,
-        "payload_bytes": {"client": payload[0], "server": payload[1]},
-        "close_type": close_type,
-        "active_closer": active_closer,
-        "reset_by": reset_by,
-        "reset_phase": reset_phase,
-        "time_wait": time_wait,
-        "fin_frames": {"client": fin_frames[0], "server": fin_frames[1]},
-        "rst_frame": rst_frame,
-        "half_close_bytes": half_close_bytes,
-        "close_wait_s": close_wait_s,
-        "stuck": stuck,
-        "final_ack_seen": final_ack_seen,
-        "fin_retransmits": fin_retransmits,
-        "end_state": {"client": end_state[0], "server": end_state[1]},
+        "stream": c.stream,
+        "capture": c.capture,
+        "client": {"ip": client.ip, "port": client.port},
+        "server": {"ip": server.ip, "port": server.port},
+        "roles_inferred": c.roles_inferred,
+        "first_frame": c.first_frame,
+        "last_frame": c.last_frame,
+        "first_ts": c.first_ts,
+        "last_ts": c.last_ts,
+        "packets": c.packets,
+        "payload_bytes": {"client": payload.client, "server": payload.server},
+        "close_type": c.close_type,
+        "active_closer": c.active_closer,
+        "reset_by": c.reset_by,
+        "reset_phase": c.reset_phase,
+        "time_wait": c.time_wait,
+        "fin_frames": {"client": fin_frames.client, "server": fin_frames.server},
+        "rst_frame": c.rst_frame,
+        "half_close_bytes": c.half_close_bytes,
+        "close_wait_s": c.close_wait_s,
+        "stuck": c.stuck,
+        "final_ack_seen": c.final_ack_seen,
+        "fin_retransmits": c.fin_retransmits,
+        "end_state": {"client": end_state.client, "server": end_state.server},
         "transitions": [
-            {"side": side, "state": state, "frame": frame, "ts": ts}
-            for side, state, frame, ts in transitions
+            {"side": t.side, "state": t.state, "frame": t.frame, "ts": t.ts} for t in c.transitions
         ],
         "reused_tuple": None
         if reused is None
-        else {"previous_stream": reused[0], "gap_s": reused[1]},
-        "anomalies": anomalies,
-        "community_id": community_id,
-        "zeek_conn_state": zeek,
-        "last_capture": last_capture,
+        else {"previous_stream": reused.previous_stream, "gap_s": reused.gap_s},
+        "anomalies": c.anomalies,
+        "community_id": c.community_id,
+        "zeek_conn_state": c.zeek_conn_state,
+        "last_capture": c.last_capture,
         "files": [
             {
-                "capture": f[0],
-                "stream": f[1],
-                "first_frame": f[2],
-                "last_frame": f[3],
-                "packets": f[4],
+                "capture": f.capture,
+                "stream": f.stream,
+                "first_frame": f.first_frame,
+                "last_frame": f.last_frame,
+                "packets": f.packets,
             }
-            for f in files
+            for f in c.files
         ],
-        "rst_lost_bytes": rst_lost_bytes,
+        "rst_lost_bytes": c.rst_lost_bytes,
     }
 
 
