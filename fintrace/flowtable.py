@@ -68,12 +68,7 @@ NUMBERINGS = ("wireshark-4.4", "wireshark-4.0")
 def reverse_key(key: bytes) -> bytes:
     """The flow key of the opposite direction."""
     if len(key) == 12:
-        # One bytes object from a list of small ints (cached), where slices
-        # and concatenations would make seven.
-        return bytes(
-            [key[4], key[5], key[6], key[7], key[0], key[1], key[2], key[3],
-             key[10], key[11], key[8], key[9]]
-        )  # fmt: skip
+        return key[4:8] + key[0:4] + key[10:12] + key[8:10]
     return key[16:32] + key[0:16] + key[34:36] + key[32:34]
 
 
