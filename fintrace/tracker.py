@@ -613,6 +613,10 @@ _SMALL: Final = 11
 _SMALL_FLOAT: Final = 128
 
 
+#: The packers of n floats, for the n a tracker has (a format made per call costs more).
+_REALS: Final = [struct.Struct(f"<{n}d") for n in range(40)]
+
+
 class _Freezing:
     """Writes the values of a tracker as :func:`freeze` lays them out."""
 
@@ -621,10 +625,12 @@ class _Freezing:
         self.floats: dict[float, int] = {}
 
     def blob(self) -> bytes:
+        n = len(self.floats)
+        if n < 0x80 and n < len(_REALS):
+            return bytes((n,)) + _REALS[n].pack(*self.floats) + bytes(self.out)
         head = _Freezing()
-        head.varint(len(self.floats))
-        floats = struct.pack(f"<{len(self.floats)}d", *self.floats.keys())
-        return bytes(head.out) + floats + bytes(self.out)
+        head.varint(n)
+        return bytes(head.out) + struct.pack(f"<{n}d", *self.floats) + bytes(self.out)
 
     def varint(self, n: int) -> None:
         out = self.out
@@ -721,7 +727,8 @@ class _Thawing:
         self.blob = blob
         self.pos = pos
         n = self.varint()
-        self.floats: tuple[float, ...] = struct.unpack_from(f"<{n}d", blob, self.pos)
+        reals = _REALS[n] if n < len(_REALS) else struct.Struct(f"<{n}d")
+        self.floats: tuple[float, ...] = reals.unpack_from(blob, self.pos)
         self.pos += 8 * n
 
     def varint(self) -> int:
