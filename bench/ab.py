@@ -1,0 +1,82 @@
+"""Two builds of fintrace on one capture, in turn, so that both see the same machine.
+
+    python bench/ab.py bench/out/gen-1.6m.pcap OTHER_PYTHON [--rounds 3]
+
+``OTHER_PYTHON`` is the interpreter of another install of fintrace (a venv
+made with ``pip install .`` from an earlier commit, say); this one is the
+interpreter running the script. Each round runs the analysis once with each,
+one after the other, in a fresh process: ``Run.connections()`` into the JSON
+lines renderer, writing to ``/dev/null``, timed inside the process from the
+run's start to its end (no interpreter start-up). Prints each build's best
+and every round, and the ratio of the best times.
+
+On a shared machine the speed of the processor's caches moves with what the
+other tenants do, by up to a third over minutes (``docs/performance.md``):
+this compares two builds where ``run.py`` rounds taken at different times
+cannot. Not a test: a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+#: Run in each child: prints the seconds the analysis took and its connections.
+CHILD = """
+import gc, os, sys, time
+from fintrace.pipeline import AnalyzeOptions, Run
+from fintrace.render.jsonout import JsonLinesRenderer
+with open(os.devnull, "w") as out:
+    gc.collect()
+    start = time.perf_counter()
+    run = Run(AnalyzeOptions(paths=(sys.argv[1],)))
+    renderer = JsonLinesRenderer(out)
+    renderer.begin(run)
+    n = 0
+    for conn in run.connections():
+        renderer.connection(conn)
+        n += 1
+    renderer.end(run)
+    print(time.perf_counter() - start, n)
+"""
+
+
+def once(python: str, capture: str) -> tuple[float, int]:
+    """Seconds and connections of one analysis by ``python``'s fintrace."""
+    # -I: not the checkout in the current directory, but the install of that interpreter.
+    done = subprocess.run(
+        [python, "-I", "-c", CHILD, capture], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or done.stderr.strip():
+        said = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
+        raise SystemExit(f"{python}: {said}")
+    seconds, conns = done.stdout.split()
+    return float(seconds), int(conns)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("capture")
+    p.add_argument("other", help="the Python interpreter of the other install")
+    p.add_argument("--rounds", type=int, default=3)
+    a = p.parse_args()
+    builds = {"this": sys.executable, "other": a.other}
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    counts: set[int] = set()
+    for r in range(a.rounds):
+        for name, python in builds.items():
+            seconds, conns = once(python, a.capture)
+            times[name].append(seconds)
+            counts.add(conns)
+            print(f"round {r + 1}/{a.rounds}  {name:<5}  {seconds:6.3f} s", flush=True)
+    if len(counts) != 1:
+        raise SystemExit(f"the builds found different numbers of connections: {sorted(counts)}")
+    best = {name: min(t) for name, t in times.items()}
+    for name, python in builds.items():
+        print(f"{name:<5} best {best[name]:6.3f} s  ({python})")
+    print(f"this / other: {best['this'] / best['other']:.2f} of the time")
+
+
+if __name__ == "__main__":
+    main()
