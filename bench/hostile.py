@@ -157,7 +157,7 @@ def _explain_one(name: str, path: Path, n: int) -> None:
         frame = s.traceback[0]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
         print(f"  {s.size_diff / n:7.0f} B/conn  {where}")
-    conn = next(iter(table.live))
+    conn = next(iter(table.table.values())).conn
     halves = (conn.a, conn.b)
     parts: dict[str, int] = {
         "Tracker (slots)": sys.getsizeof(conn),

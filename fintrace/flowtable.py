@@ -125,9 +125,8 @@ class FlowTable(SegmentSink):
         #: Idle open connections as bytes, filed once, under the lower of their
         #: two flow keys: a segment finds one only when it misses :attr:`table`.
         self.frozen: dict[bytes, bytes] = {}
-        #: Live connections in order of creation (a dict used as an ordered set).
-        self.live: dict[Tracker, None] = {}
-        self._lingering: deque[tuple[float, Tracker]] = deque()
+        #: Ended connections in the order they are due to leave (``linger_due``).
+        self._lingering: deque[Tracker] = deque()
         self._tombs: deque[tuple[float, Tombstone]] = deque()
         self._next_freeze = 0.0
         #: Seconds of packet time an open connection stays idle before it is frozen.
@@ -162,8 +161,8 @@ class FlowTable(SegmentSink):
             return
         self.capture = capture
         self.next_stream = 0
-        for conn in self.live:
-            conn.quiet = False
+        for h in self.table.values():
+            h.conn.quiet = False
 
     # -- the hot loop -------------------------------------------------------------
 
@@ -284,7 +283,8 @@ class FlowTable(SegmentSink):
         was_terminal = conn.terminal
         conn.segment(h, frame, ts, seq, ack, flags, plen, win, wscale)
         if conn.terminal and not was_terminal:
-            self._lingering.append((conn.last_ts + self.linger, conn))
+            conn.linger_due = conn.last_ts + self.linger
+            self._lingering.append(conn)
         return done
 
     def _tomb_starts_new_stream(self, tomb: Tombstone, key: bytes, seq: int, flags: int) -> bool:
@@ -317,7 +317,7 @@ class FlowTable(SegmentSink):
             conn.trace = []
         self.table[key] = conn.a
         self.table[rkey] = conn.b
-        self.live[conn] = None
+        conn.filed = True
         return conn.a
 
     def _remove(self, conn: Tracker) -> Tracker:
@@ -325,13 +325,19 @@ class FlowTable(SegmentSink):
         for half in (conn.a, conn.b):
             if table.get(half.key) is half:
                 del table[half.key]
-        self.live.pop(conn, None)
+        conn.filed = False
         return conn
+
+    def _filed(self) -> list[Tracker]:
+        """The connections in the table, each once (by its side a), in the order filed."""
+        return [h.conn for h in self.table.values() if h.conn.a is h]
 
     def _freeze_idle(self, now: float) -> None:
         """Open connections with no packet for :attr:`freeze_after` s become bytes."""
         limit = now - self.freeze_after
-        idle = [c for c in self.live if c.last_ts <= limit and not c.terminal and c.trace is None]
+        idle = [
+            c for c in self._filed() if c.last_ts <= limit and not c.terminal and c.trace is None
+        ]
         frozen = self.frozen
         head = _FROZEN_HEAD.pack
         for conn in idle:
@@ -354,9 +360,10 @@ class FlowTable(SegmentSink):
         conn = self._thaw_filed(lower, upper, blob)
         self.table[conn.a.key] = conn.a
         self.table[conn.b.key] = conn.b
-        self.live[conn] = None
+        conn.filed = True
         if conn.terminal:
-            self._lingering.append((conn.last_ts + self.linger, conn))
+            conn.linger_due = conn.last_ts + self.linger
+            self._lingering.append(conn)
         return conn.a if key == conn.a.key else conn.b
 
     def _bury(self, tomb: Tombstone) -> None:
@@ -371,16 +378,16 @@ class FlowTable(SegmentSink):
         out: list[Tracker] | None = None
         q = self._lingering
         linger = self.linger
-        live = self.live
-        while q and q[0][0] <= now:
-            _, conn = q.popleft()
-            if conn not in live:
+        while q and q[0].linger_due <= now:
+            conn = q.popleft()
+            if not conn.filed:
                 continue  # superseded by a new stream meanwhile
             if conn.trace is not None:
                 continue  # drawn by ``show``: every late segment too, so kept to the end
             due = conn.last_ts + linger
             if due > now:
-                q.append((due, conn))  # packets came after its end; look again later
+                conn.linger_due = due  # packets came after its end; look again later
+                q.append(conn)
                 continue
             if out is None:
                 out = []
@@ -405,13 +412,12 @@ class FlowTable(SegmentSink):
 
     def drain(self) -> Iterator[Tracker]:
         """:meth:`finish` one connection at a time: frozen ones thaw as they come."""
-        live = sorted(self.live, key=lambda c: (c.capture, c.stream))
+        live = sorted(self._filed(), key=lambda c: (c.capture, c.stream))
         frozen = self.frozen
         # Sorted by their bytes, which begin with file and stream (unique): one
         # list of the keys, nothing made per connection (there may be 100,000s).
         keys = sorted(frozen, key=frozen.__getitem__)
         self.frozen = {}
-        self.live.clear()
         self._lingering.clear()
         self._tombs.clear()
         self.table.clear()

@@ -111,11 +111,13 @@ TRACKER_FIELDS: Final = (
     "capture",
     "established",
     "file_spans",
+    "filed",
     "first_fin",
     "first_frame",
     "first_ts",
     "last_frame",
     "last_ts",
+    "linger_due",
     "packets",
     "quiet",
     "reuse",
@@ -132,6 +134,10 @@ TRACKER_FIELDS: Final = (
     "transitions",
     "ws_closing",
 )
+#: Slots of a tracker that the flow table keeps for itself, not the connection's
+#: state: whether it is filed in the table, and when the table looks at it again
+#: after its end. Not frozen: a thawed tracker starts them anew.
+TABLE_FIELDS: Final = ("filed", "linger_due")
 
 
 class Half:
@@ -244,6 +250,10 @@ class Tracker:
         # without SYN, any RST, quoted in ICMP errors too): set and read by
         # the flow table's stream numbering only.
         self.ws_closing = False
+        # The flow table's (TABLE_FIELDS): filed in it, and when it is due to
+        # leave it (packet time) once ended.
+        self.filed = False
+        self.linger_due = 0.0
         # Per file of a multi-file run: [capture index, stream, first frame,
         # last frame, packets before this file]; the open span's last frame
         # and packets are derived from the counters when it closes. None

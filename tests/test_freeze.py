@@ -21,7 +21,7 @@ from fintrace.decode import ACK, SYN, Segment
 from fintrace.flowtable import FREEZE_AFTER, FlowTable
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
-from fintrace.tracker import HALF_FIELDS, TRACKER_FIELDS, Move, Tracker, freeze, thaw
+from fintrace.tracker import HALF_FIELDS, TABLE_FIELDS, TRACKER_FIELDS, Move, Tracker, freeze, thaw
 
 from conftest import CAPTURES, capture_files, corpus_files
 
@@ -42,6 +42,8 @@ def state(conn: Tracker) -> Any:
 
     out: dict[str, Any] = {}
     for name in TRACKER_FIELDS:
+        if name in TABLE_FIELDS:
+            continue  # the flow table's, not the connection's: not frozen
         v = getattr(conn, name)
         if name in ("a", "b"):
             v = {s: getattr(v, s) for s in HALF_FIELDS if s not in ("conn", "peer")}
@@ -150,6 +152,10 @@ def test_every_slot_survives_freezing() -> None:
             setattr(conn, name, own(name, getattr(conn, name)))
     copy = thaw(freeze(conn), conn.a.key, conn.b.key)
     assert repr(state(copy)) == repr(state(conn))
+    # The table's own slots start anew: a thawed tracker is filed again by the table.
+    fresh = Tracker(0, 0, conn.a.key, conn.b.key, 0, 0.0)
+    assert [getattr(copy, n) for n in TABLE_FIELDS] == [getattr(fresh, n) for n in TABLE_FIELDS]
+    assert [getattr(conn, n) for n in TABLE_FIELDS] != [getattr(fresh, n) for n in TABLE_FIELDS]
     # Sequence numbers are written after their side's first, frames after the
     # connection's first: a side without one, a number that wrapped around,
     # frames below the first (a later file of a ring buffer restarts them).
