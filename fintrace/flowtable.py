@@ -329,8 +329,18 @@ class FlowTable(SegmentSink):
         return conn
 
     def _filed(self) -> list[Tracker]:
-        """The connections in the table, each once (by its side a), in the order filed."""
-        return [h.conn for h in self.table.values() if h.conn.a is h]
+        """The connections in the table, each once, in the order filed.
+
+        Each is listed by its side a, or by its side b where side a is not in the
+        table: a connection from an address and port to themselves has one flow
+        key for both sides, under which side b was filed last.
+        """
+        table = self.table
+        return [
+            h.conn
+            for h in table.values()
+            if h.conn.a is h or table.get(h.conn.a.key) is not h.conn.a
+        ]
 
     def _freeze_idle(self, now: float) -> None:
         """Open connections with no packet for :attr:`freeze_after` s become bytes."""

@@ -194,3 +194,27 @@ def test_core_run_counts_late_segments_per_file(late_ack: Path) -> None:
     r = analyze(AnalyzeOptions(paths=(str(late_ack), str(late_ack)), separate=True))
     assert len(list(r.connections())) == 2
     assert all(any("1 segment(s)" in w for w in c.warnings) for c in r.captures)
+
+
+@pytest.mark.parametrize("freeze_after", [30.0, 0.0])
+def test_a_connection_to_itself_is_reported_once_at_the_end(
+    tmp_path: Path, freeze_after: float
+) -> None:
+    # Both directions of a connection from an address and port to themselves (a
+    # TCP self-connect) have one flow key: the table files only one side of it,
+    # and the end of the capture must still find it, frozen or not.
+    selfie = Flow(client=("10.0.0.7", 40007), server=("10.0.0.7", 40007))
+    selfie.c("S")
+    selfie.c("S", dt=0.5)
+    other = Flow()
+    other.c("S", dt=0.2)
+    other.s("SA")
+    other.c("A")
+    path = tmp_path / "self.pcap"
+    write_pcap(str(path), sorted(selfie.packets + other.packets, key=lambda p: float(p.time)))
+    run_ = analyze(AnalyzeOptions(paths=(str(path),), freeze_after=freeze_after))
+    conns = sorted(run_.connections(), key=lambda c: c.stream)
+    assert [(c.client.ip, c.server.ip, c.packets) for c in conns] == [
+        ("10.0.0.7", "10.0.0.7", 2),
+        ("10.0.0.1", "10.0.0.2", 3),
+    ]
