@@ -128,8 +128,8 @@ class ExitCode(IntEnum):
 # dataclass's generated __init__ go through the interpreter and make
 # temporary tuples (190 ns and more); a connection makes about fifteen, a
 # large capture a hundred thousand connections (docs/performance.md). They
-# hold only values and other records, so they are *acyclic*: outside the
-# cycle collector. Treat them as immutable; :class:`Record` gives them
+# hold only values, tuples of values and other records, so they are
+# *acyclic*: outside the cycle collector. Treat them as immutable; :class:`Record` gives them
 # equality, a hash, a repr and pickling by their field values.
 
 
