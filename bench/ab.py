@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 #: Run in each child: prints the seconds the analysis took and its connections.
 CHILD = """
@@ -42,15 +44,26 @@ with open(os.devnull, "w") as out:
 """
 
 
+def fail(message: str) -> NoReturn:
+    """Bad input: one line, exit status 2."""
+    print(f"ab.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def once(python: str, capture: str) -> tuple[float, int]:
     """Seconds and connections of one analysis by ``python``'s fintrace."""
     # -I: not the checkout in the current directory, but the install of that interpreter.
-    done = subprocess.run(
-        [python, "-I", "-c", CHILD, capture], capture_output=True, text=True, check=False
-    )
+    try:
+        done = subprocess.run(
+            [python, "-I", "-c", CHILD, capture], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        fail(f"{python}: {exc.strerror}")
     if done.returncode != 0 or done.stderr.strip():
-        said = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
-        raise SystemExit(f"{python}: {said}")
+        fail(
+            f"{python}: "
+            + (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
+        )
     seconds, conns = done.stdout.split()
     return float(seconds), int(conns)
 
@@ -61,6 +74,8 @@ def main() -> None:
     p.add_argument("other", help="the Python interpreter of the other install")
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
+    if not Path(a.capture).is_file():
+        fail(f"{a.capture}: no such file")
     builds = {"this": sys.executable, "other": a.other}
     times: dict[str, list[float]] = {name: [] for name in builds}
     counts: set[int] = set()
@@ -71,7 +86,7 @@ def main() -> None:
             counts.add(conns)
             print(f"round {r + 1}/{a.rounds}  {name:<5}  {seconds:6.3f} s", flush=True)
     if len(counts) != 1:
-        raise SystemExit(f"the builds found different numbers of connections: {sorted(counts)}")
+        fail(f"the builds found different numbers of connections: {sorted(counts)}")
     best = {name: min(t) for name, t in times.items()}
     for name, python in builds.items():
         print(f"{name:<5} best {best[name]:6.3f} s  ({python})")

@@ -21,12 +21,12 @@ rules of ``../shared/TEARDOWN.md`` in order, the first match winning:
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
 from fintrace.decode import ACK
-from fintrace.model import CloseType, ResetPhase, Role, State
+from fintrace.model import CloseType, Record, ResetPhase, Role, State
 from fintrace.tracker import Half, Tracker
 
 
@@ -45,14 +45,27 @@ class Roles:
 
 
 @mypyc_attr(acyclic=True)
-class Verdict:
+class Verdict(Record):
     """How the connection closed, as TEARDOWN.md's fields say it.
 
-    A plain class with its own ``__init__``: compiled, one is made by a
-    direct C call (a dataclass's generated ``__init__`` and a named tuple's
-    ``__new__`` are Python code, called through the interpreter). It holds
-    only enums and numbers, so it is *acyclic*: outside the cycle collector.
+    A record like :mod:`fintrace.model`'s (equality, hash and repr from
+    :attr:`FIELDS`), made as they are by a direct C call when compiled. It
+    holds only enums and numbers: *acyclic*, outside the cycle collector.
     """
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "close_type",
+        "active_closer",
+        "reset_by",
+        "reset_phase",
+        "time_wait",
+        "half_close_bytes",
+        "close_wait_s",
+        "stuck",
+        "final_ack_seen",
+        "fin_retransmits",
+        "one_sided",
+    )
 
     def __init__(
         self,
@@ -79,31 +92,6 @@ class Verdict:
         self.final_ack_seen = final_ack_seen
         self.fin_retransmits = fin_retransmits
         self.one_sided = one_sided
-
-    def values(self) -> tuple[object, ...]:
-        """Every field, in the order ``__init__`` takes them."""
-        return (
-            self.close_type,
-            self.active_closer,
-            self.reset_by,
-            self.reset_phase,
-            self.time_wait,
-            self.half_close_bytes,
-            self.close_wait_s,
-            self.stuck,
-            self.final_ack_seen,
-            self.fin_retransmits,
-            self.one_sided,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Verdict) and self.values() == other.values()
-
-    def __hash__(self) -> int:
-        return hash(self.values())
-
-    def __repr__(self) -> str:
-        return f"Verdict{self.values()!r}"
 
 
 def port_of(half: Half) -> int:

@@ -283,9 +283,13 @@ class FlowTable(SegmentSink):
         was_terminal = conn.terminal
         conn.segment(h, frame, ts, seq, ack, flags, plen, win, wscale)
         if conn.terminal and not was_terminal:
-            conn.linger_due = conn.last_ts + self.linger
-            self._lingering.append(conn)
+            self._linger(conn)
         return done
+
+    def _linger(self, conn: Tracker) -> None:
+        """An ended connection waits ``linger`` seconds after its last packet."""
+        conn.linger_due = conn.last_ts + self.linger
+        self._lingering.append(conn)
 
     def _tomb_starts_new_stream(self, tomb: Tombstone, key: bytes, seq: int, flags: int) -> bool:
         """:meth:`_starts_new_stream` for a SYN on a remembered 4-tuple."""
@@ -329,18 +333,9 @@ class FlowTable(SegmentSink):
         return conn
 
     def _filed(self) -> list[Tracker]:
-        """The connections in the table, each once, in the order filed.
-
-        Each is listed by its side a, or by its side b where side a is not in the
-        table: a connection from an address and port to themselves has one flow
-        key for both sides, under which side b was filed last.
-        """
-        table = self.table
-        return [
-            h.conn
-            for h in table.values()
-            if h.conn.a is h or table.get(h.conn.a.key) is not h.conn.a
-        ]
+        """The connections in the table, each once, in the order filed (a connection
+        from an address and port to themselves is filed under one key)."""
+        return list(dict.fromkeys([h.conn for h in self.table.values()]))
 
     def _freeze_idle(self, now: float) -> None:
         """Open connections with no packet for :attr:`freeze_after` s become bytes."""
@@ -372,8 +367,7 @@ class FlowTable(SegmentSink):
         self.table[conn.b.key] = conn.b
         conn.filed = True
         if conn.terminal:
-            conn.linger_due = conn.last_ts + self.linger
-            self._lingering.append(conn)
+            self._linger(conn)
         return conn.a if key == conn.a.key else conn.b
 
     def _bury(self, tomb: Tombstone) -> None:
