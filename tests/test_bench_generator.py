@@ -181,3 +181,20 @@ def test_bench_counts_frames_as_the_generator_wrote_them(
         sample, out = run.run_child(run.tool_argv(tool, pcap, ["fintrace"])[0])
         assert int(out) == meta["packets"]
         assert sample.maxrss_kb > 0
+
+
+def test_bench_judges_memory_growth_only_against_a_much_shorter_capture() -> None:
+    import run
+
+    def fintrace(packets: int, rss_mb: float) -> dict[str, Any]:
+        r = run.Result("fintrace", [], packets)
+        r.samples.append(run.Sample(wall_s=1.0, maxrss_kb=int(rss_mb * 1024)))
+        return {"fintrace": r}
+
+    # Two captures of about the same length: no growth to judge.
+    lines = run.targets({"a": fintrace(1_661_709, 109), "b": fintrace(1_663_732, 200)})
+    assert not [line for line in lines if "peak RSS" in line and " vs " in line]
+    # 10M against 1.6M packets: 164 / 100 MB is 1.64×, over the 1.5× limit.
+    lines = run.targets({"a": fintrace(1_661_709, 100), "b": fintrace(10_300_184, 164)})
+    (growth,) = [line for line in lines if " vs " in line]
+    assert "1.64×" in growth and growth.endswith("NO")
