@@ -606,7 +606,8 @@ _STATE_LIST: Final = tuple(State)
 _STATE_CODE: Final = {s: i for i, s in enumerate(_STATE_LIST)}
 
 # The frozen form: the number of distinct floats (a varint), those floats (8
-# bytes each), then every value as a tag byte and what the tag says follows.
+# bytes each), then every value as a tag byte and what the tag says follows (or
+# a run of defaults as one tag byte).
 _DEFAULT: Final = 0  # the value a new tracker starts with
 _NONE: Final = 1
 _INT: Final = 2  # a varint
@@ -621,6 +622,10 @@ _DICT: Final = 10  # the number of items, then key and value of each
 #: Tags from here on are a value themselves: a small int, or one of the first floats.
 _SMALL: Final = 11
 _SMALL_FLOAT: Final = 128
+#: Tags from here on stand for 2 to 17 values in a row that a new tracker starts with
+#: (a third of a frozen tracker's slots): one byte, not one each.
+_RUN: Final = 240
+_RUN_MAX: Final = 255
 
 
 #: The packers of n floats, for the n a tracker has (a format made per call costs more).
@@ -633,6 +638,8 @@ class _Freezing:
     def __init__(self) -> None:
         self.out: list[int] = []
         self.floats: dict[float, int] = {}
+        #: Where the last default (or run of them) ends: one written there extends it.
+        self.run_end = -1
 
     def blob(self) -> bytes:
         n = len(self.floats)
@@ -649,16 +656,31 @@ class _Freezing:
             n >>= 7
         out.append(n)
 
+    def default(self) -> None:
+        """The value a new tracker starts with: a run of them is one byte."""
+        out = self.out
+        n = len(out)
+        if self.run_end == n:
+            last = out[n - 1]
+            if last == _DEFAULT:
+                out[n - 1] = _RUN
+                return
+            if last < _RUN_MAX:
+                out[n - 1] = last + 1
+                return
+        out.append(_DEFAULT)
+        self.run_end = n + 1
+
     def number(self, v: int, default: int) -> None:
         if v == default:
-            self.out.append(_DEFAULT)
+            self.default()
         else:
             self.integer(v)
 
     def sequence(self, v: int, base: int) -> None:
         """A sequence number (or -1), after ``base`` (its side's first, or -1): a few bytes."""
         if v < 0:
-            self.out.append(_DEFAULT)
+            self.default()
         elif base < 0:
             self.integer(v)
         else:
@@ -667,7 +689,7 @@ class _Freezing:
     def frame(self, v: int, first: int) -> None:
         """A frame number (or 0), after the connection's first frame."""
         if v == 0:
-            self.out.append(_DEFAULT)
+            self.default()
         else:
             self.integer(v - first)  # below it in a later file: negative
 
@@ -684,7 +706,7 @@ class _Freezing:
     def seconds(self, v: float) -> None:
         """A time or a duration; 0.0 is every float slot's start."""
         if v == 0.0:
-            self.out.append(_DEFAULT)
+            self.default()
         else:
             self.real(v)
 
@@ -693,7 +715,7 @@ class _Freezing:
         i = self.floats.get(v)
         if i is None:
             i = self.floats[v] = len(self.floats)
-        if i < 256 - _SMALL_FLOAT:
+        if i < _RUN - _SMALL_FLOAT:
             self.out.append(_SMALL_FLOAT + i)
         else:
             self.out.append(_FLOAT)
@@ -736,6 +758,8 @@ class _Thawing:
     def __init__(self, blob: bytes, pos: int) -> None:
         self.blob = blob
         self.pos = pos
+        #: Defaults still to give out of the last run read.
+        self.pending = 0
         n = self.varint()
         reals = _REALS[n] if n < len(_REALS) else struct.Struct(f"<{n}d")
         self.floats: tuple[float, ...] = reals.unpack_from(blob, self.pos)
@@ -757,8 +781,14 @@ class _Thawing:
         return n
 
     def tag(self) -> int:
+        if self.pending:
+            self.pending -= 1
+            return _DEFAULT
         tag = self.blob[self.pos]
         self.pos += 1
+        if tag >= _RUN:
+            self.pending = tag - _RUN + 1  # a run of tag - _RUN + 2: this is the first
+            return _DEFAULT
         return tag
 
     def number(self, default: int) -> int:
@@ -830,17 +860,18 @@ class _Thawing:
 
 
 def freeze(conn: Tracker) -> bytes:
-    """The tracker, but for its flow keys, as one bytes object (about 225 bytes, from 2.7 KB).
+    """The tracker, but for its flow keys, as one bytes object (about 145 bytes, from 2.7 KB).
 
     For a connection that has gone idle and may stay so until the capture
     ends: :func:`thaw` gives back an equal tracker when a segment comes.
     Traced connections (``show``) are not frozen. The flow keys stay with
     the caller. Each slot is written in turn, typed: a value a new tracker
-    starts with is one byte, a small number too, a larger one a varint, a
-    time one byte when it recurred (most do), sequence numbers after their
-    side's first and frame numbers after the connection's first (a few bytes
-    each, not five), states and the five flags as numbers, the transitions
-    one flat list of (side × 16 + state, frame, ts).
+    starts with is one byte (and so are up to 17 of them in a row), a small
+    number too, a larger one a varint, a time one byte when it recurred
+    (most do), sequence numbers after their side's first and frame numbers
+    after the connection's first (a few bytes each, not five), states and the
+    five flags as numbers, the transitions one flat list of
+    (side × 16 + state, frame, ts).
     Made and read by compiled code in a few microseconds: no compression, no
     object per value. ``tests/test_freeze.py`` sets every slot to a value of
     its own, so a slot left out here fails it.

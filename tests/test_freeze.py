@@ -170,6 +170,30 @@ def test_every_slot_survives_freezing() -> None:
     assert repr(state(copy)) == repr(state(conn))
 
 
+def test_runs_of_default_slots_survive_freezing() -> None:
+    # Defaults in a row are written as one byte for up to 17 of them: runs of
+    # every length, cut short at every place, come back as they were.
+    slots: list[tuple[object, str]] = []
+    probe = Tracker(0, 0, b"k" * 12, b"K" * 12, 1, 1.0)
+    for h in ("a", "b"):
+        for name in HALF_FIELDS:
+            v = getattr(getattr(probe, h), name)
+            if name not in ("conn", "peer", "key", "ws_base") and type(v) in (int, float):
+                slots.append((h, name))
+    for step in range(1, 40):
+        conn = Tracker(3, 0, b"k" * 12, b"K" * 12, 10, 1.0)
+        for i, (h, name) in enumerate(slots):
+            if i % step == step - 1:
+                half = getattr(conn, h)
+                old = getattr(half, name)
+                setattr(half, name, 20 + i if type(old) is int else 20.5 + i)
+        copy = thaw(freeze(conn), conn.a.key, conn.b.key)
+        assert repr(state(copy)) == repr(state(conn)), step
+    # A tracker that saw nothing: its default slots take a byte per run of 17.
+    fresh = Tracker(0, 0, b"k" * 12, b"K" * 12, 0, 0.0)
+    assert len(freeze(fresh)) < len(slots) // 2
+
+
 def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
     import tracemalloc
 
