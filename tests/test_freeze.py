@@ -194,6 +194,40 @@ def test_runs_of_default_slots_survive_freezing() -> None:
     assert len(freeze(fresh)) < len(slots) // 2
 
 
+def _float_slots(conn: Tracker) -> list[tuple[object, str]]:
+    slots: list[tuple[object, str]] = [(conn, "first_ts"), (conn, "last_ts"), (conn, "rst_ts")]
+    for h in (conn.a, conn.b):
+        slots += [(h, n) for n in HALF_FIELDS if type(getattr(h, n)) is float]
+    return slots
+
+
+def test_every_kind_of_float_survives_freezing() -> None:
+    # Floats of every kind, in every slot that holds one and in a value of
+    # any type (the reuse gap): timestamps of microseconds and nanoseconds,
+    # durations, negative, huge, infinite, not a number, repeated.
+    kinds = [
+        1_700_000_000.123456,
+        1_700_000_000.123456789,
+        1_699_999_999.5,
+        0.1,
+        1e-7,
+        4_294_967_296.5,
+        -2.25,
+        float("inf"),
+        float("nan"),
+        1_700_000_003.000001,
+        1_700_000_000.123456,
+    ]
+    for shift in range(len(kinds)):
+        conn = Tracker(3, 0, b"k" * 12, b"K" * 12, 10, 1.0)
+        values = kinds[shift:] + kinds[:shift]
+        for (obj, name), v in zip(_float_slots(conn), values, strict=False):
+            setattr(obj, name, v)
+        conn.reuse = (2, values[-1])
+        copy = thaw(freeze(conn), conn.a.key, conn.b.key)
+        assert repr(state(copy)) == repr(state(conn)), shift
+
+
 def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
     import tracemalloc
 
