@@ -170,35 +170,35 @@ def test_every_slot_survives_freezing() -> None:
     assert repr(state(copy)) == repr(state(conn))
 
 
+def _half_slots(conn: Tracker, *types: type) -> list[tuple[object, str]]:
+    """The slots of both sides holding a value of one of ``types`` (a side's
+    base sequence number aside: the others are written after it)."""
+    return [
+        (h, n)
+        for h in (conn.a, conn.b)
+        for n in HALF_FIELDS
+        if n not in ("key", "ws_base") and type(getattr(h, n)) in types
+    ]
+
+
 def test_runs_of_default_slots_survive_freezing() -> None:
     # Defaults in a row are written as one byte for up to 17 of them: runs of
     # every length, cut short at every place, come back as they were.
-    slots: list[tuple[object, str]] = []
-    probe = Tracker(0, 0, b"k" * 12, b"K" * 12, 1, 1.0)
-    for h in ("a", "b"):
-        for name in HALF_FIELDS:
-            v = getattr(getattr(probe, h), name)
-            if name not in ("conn", "peer", "key", "ws_base") and type(v) in (int, float):
-                slots.append((h, name))
     for step in range(1, 40):
         conn = Tracker(3, 0, b"k" * 12, b"K" * 12, 10, 1.0)
-        for i, (h, name) in enumerate(slots):
+        for i, (half, name) in enumerate(_half_slots(conn, int, float)):
             if i % step == step - 1:
-                half = getattr(conn, h)
                 old = getattr(half, name)
                 setattr(half, name, 20 + i if type(old) is int else 20.5 + i)
         copy = thaw(freeze(conn), conn.a.key, conn.b.key)
         assert repr(state(copy)) == repr(state(conn)), step
     # A tracker that saw nothing: its default slots take a byte per run of 17.
     fresh = Tracker(0, 0, b"k" * 12, b"K" * 12, 0, 0.0)
-    assert len(freeze(fresh)) < len(slots) // 2
+    assert len(freeze(fresh)) < len(_half_slots(fresh, int, float)) // 2
 
 
 def _float_slots(conn: Tracker) -> list[tuple[object, str]]:
-    slots: list[tuple[object, str]] = [(conn, "first_ts"), (conn, "last_ts"), (conn, "rst_ts")]
-    for h in (conn.a, conn.b):
-        slots += [(h, n) for n in HALF_FIELDS if type(getattr(h, n)) is float]
-    return slots
+    return [(conn, "first_ts"), (conn, "last_ts"), (conn, "rst_ts"), *_half_slots(conn, float)]
 
 
 def test_every_kind_of_float_survives_freezing() -> None:
