@@ -462,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown tool(s): {', '.join(unknown)}")
     if "tshark" in tools and shutil.which("tshark") is None:
         p.error("tshark is not installed (leave it out with --tools)")
+    for c in a.captures:
+        if not c.is_file():
+            p.error(f"no such capture: {c}")
     fintrace = shlex.split(a.fintrace)
     jobs = [int(x) for x in a.jobs.split(",")] if a.jobs else []
 

@@ -198,3 +198,16 @@ def test_bench_judges_memory_growth_only_against_a_much_shorter_capture() -> Non
     lines = run.targets({"a": fintrace(1_661_709, 100), "b": fintrace(10_300_184, 164)})
     (growth,) = [line for line in lines if " vs " in line]
     assert "1.64×" in growth and growth.endswith("NO")
+
+
+def test_bench_says_a_missing_capture_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "none.pcap"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), str(missing), "--tools", "dpkt"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == f"run.py: error: no such capture: {missing}"
+    assert "Traceback" not in r.stderr
