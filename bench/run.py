@@ -7,12 +7,18 @@ For each capture, after reading it once to warm the page cache, every round
 runs each tool once, in turn (so a burst of load from elsewhere hurts all of
 them alike):
 
-* ``fintrace``: ``fintrace analyze --format jsonl -q CAPTURE > /dev/null``
+* ``fintrace``: ``python -P -m fintrace analyze --format jsonl -q CAPTURE > /dev/null``,
+  by the interpreter that runs this script (``--fintrace`` names another command)
 * ``pure`` (only with ``--tools``): the same with ``FINTRACE_PURE=1``, the
   Python source of a compiled install
 * ``tshark``:   ``tshark -q -z conv,tcp -r CAPTURE > /dev/null``
 * ``dpkt``:     ``for ts, buf in dpkt.pcap.Reader(f): n += 1`` in a fresh interpreter
 * ``walk`` (only with ``--tools``): a CPython walk over the record headers
+
+The Python tools (fintrace, the dpkt loop, the walk) all run in this script's
+interpreter, which the run names with how its ``libpython`` is linked: the
+build of the interpreter moves them by a third (``docs/performance.md``,
+*The interpreter*), more than most changes to fintrace do.
 
 and takes the wall time and the child's peak RSS (``wait4`` rusage, the
 largest process of its tree). It prints best and median wall time, packets
@@ -38,6 +44,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -260,6 +267,53 @@ def _first_line(argv: list[str]) -> str | None:
     return lines[0] if lines else None
 
 
+def default_fintrace() -> list[str]:
+    """fintrace run by this script's interpreter, as the dpkt loop and the walk are.
+
+    ``-P``: the installed fintrace, not a ``fintrace/`` in the working directory
+    (the source tree, when run from the repository).
+    """
+    return [sys.executable, "-P", "-m", "fintrace"]
+
+
+def interpreter() -> dict[str, Any]:
+    """The interpreter running this script: its path, version, and where its ``libpython`` is.
+
+    ``libpython`` is the shared library this process mapped (a build with
+    ``--enable-shared``, whose code is position-independent and called through
+    the PLT), or None when the interpreter is linked into the executable, as
+    Debian's ``/usr/bin/python3`` is (built with PGO and LTO). ``configure`` is
+    what ``configure`` was given of ``--enable-optimizations``, ``--with-lto``
+    and ``--enable-shared`` by the build's own record, which for Debian's
+    describes its shared library, not its executable.
+    """
+    libpython = None
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)  # address, perms, offset, dev, inode, path
+                if len(fields) == 6 and Path(fields[5].strip()).name.startswith("libpython"):
+                    libpython = fields[5].strip()
+                    break
+    except OSError:
+        pass
+    args = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
+    flags = ("--enable-optimizations", "--with-lto", "--enable-shared")
+    return {
+        "path": os.path.realpath(sys.executable),
+        "version": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "libpython": libpython,
+        "configure": [f for f in flags if f in args],
+    }
+
+
+def describe_interpreter(i: dict[str, Any]) -> str:
+    """One line: ``CPython 3.11.2 at PATH, libpython in the executable``."""
+    where = "libpython in the executable" if i["libpython"] is None else Path(i["libpython"]).name
+    return f"{i['implementation']} {i['version']} at {i['path']}, {where}"
+
+
 def machine(fintrace: list[str]) -> dict[str, Any]:
     model = None
     try:
@@ -284,6 +338,8 @@ def machine(fintrace: list[str]) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_mb": mem,
         "python": platform.python_version(),
+        "interpreter": interpreter(),
+        "fintrace_command": fintrace,
         "platform": platform.platform(),
         "tshark": _first_line(["tshark", "--version"]),
         "fintrace_commit": commit,
@@ -452,7 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tools", default="fintrace,tshark,dpkt", help=f"comma-separated, from {', '.join(TOOLS)}"
     )
-    p.add_argument("--fintrace", default="fintrace", help="command that runs fintrace")
+    p.add_argument(
+        "--fintrace",
+        help="command that runs fintrace (default: this interpreter's, python -P -m fintrace)",
+    )
     p.add_argument("--jobs", help="with several captures: compare --separate --jobs N, e.g. 1,2")
     p.add_argument("--json", type=Path, help="result file (default bench/out/run-DATE.json)")
     a = p.parse_args(argv)
@@ -465,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in a.captures:
         if not c.is_file():
             p.error(f"no such capture: {c}")
-    fintrace = shlex.split(a.fintrace)
+    fintrace = shlex.split(a.fintrace) if a.fintrace else default_fintrace()
     jobs = [int(x) for x in a.jobs.split(",")] if a.jobs else []
 
     info = machine(fintrace)
@@ -499,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += targets(per_capture)
     doc["load_after"] = load()
     lines.append(
-        f"\nmachine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+        f"\nmachine: {info['cpu']}, {info['cores']} cores, "
+        f"{describe_interpreter(info['interpreter'])}, "
         f"{info['tshark']}; {info['fintrace_version']} at {info['fintrace_commit']}"
         f"{' (modified)' if info['fintrace_tree_modified'] else ''}; "
         f"load {doc['load_before']} before, {doc['load_after']} after; {info['date']}"

@@ -211,3 +211,44 @@ def test_bench_says_a_missing_capture_in_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"run.py: error: no such capture: {missing}"
     assert "Traceback" not in r.stderr
+
+
+def test_bench_runs_the_installed_fintrace_with_its_own_interpreter(tmp_path: Path) -> None:
+    import run
+
+    argv = run.default_fintrace()
+    assert argv[0] == sys.executable  # the interpreter of the dpkt loop and the walk
+    # A fintrace/ in the working directory (the source tree, run from the
+    # repository) is not what runs.
+    decoy = tmp_path / "fintrace"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("print('decoy')\n")
+    out = subprocess.run(
+        [*argv, "--version"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("fintrace ")
+
+
+def test_bench_names_the_interpreter_and_its_libpython(
+    small: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import run
+
+    need("ldd")
+    pcap, _ = small
+    result = tmp_path / "run.json"
+    assert run.main([str(pcap), "--tools", "walk", "--rounds", "1", "--json", str(result)]) == 0
+    named = json.loads(result.read_text())["machine"]["interpreter"]
+    exe = Path(sys.executable).resolve()
+    assert named["path"] == str(exe)
+    assert named["version"] == ".".join(map(str, sys.version_info[:3]))
+    # The oracle: the dynamic loader's own list of what the executable links.
+    linked = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True).stdout
+    if "libpython" in linked:
+        assert named["libpython"] is not None
+        assert Path(named["libpython"]).name in linked
+    else:
+        assert named["libpython"] is None
+    machine_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"at {exe}, " in machine_line
