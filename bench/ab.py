@@ -7,8 +7,8 @@ made with ``pip install .`` from an earlier commit, say); this one is the
 interpreter running the script. Each round runs the analysis once with each,
 one after the other, in a fresh process: ``Run.connections()`` into the JSON
 lines renderer, writing to ``/dev/null``, timed inside the process from the
-run's start to its end (no interpreter start-up). Prints each build's best
-and every round, and the ratio of the best times.
+run's start to its end (no interpreter start-up). Prints every round, each
+build's best and median, and the ratios of the best and of the median times.
 
 On a shared machine the speed of the processor's caches moves with what the
 other tenants do, by up to a third over minutes (``docs/performance.md``):
@@ -19,6 +19,7 @@ cannot. Not a test: a measurement.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -88,9 +89,13 @@ def main() -> None:
     if len(counts) != 1:
         fail(f"the builds found different numbers of connections: {sorted(counts)}")
     best = {name: min(t) for name, t in times.items()}
+    median = {name: statistics.median(t) for name, t in times.items()}
     for name, python in builds.items():
-        print(f"{name:<5} best {best[name]:6.3f} s  ({python})")
-    print(f"this / other: {best['this'] / best['other']:.2f} of the time")
+        print(f"{name:<5} best {best[name]:6.3f} s  median {median[name]:6.3f} s  ({python})")
+    print(
+        f"this / other: {best['this'] / best['other']:.2f} of the time (best), "
+        f"{median['this'] / median['other']:.2f} (median)"
+    )
 
 
 if __name__ == "__main__":

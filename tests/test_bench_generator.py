@@ -252,3 +252,49 @@ def test_bench_names_the_interpreter_and_its_libpython(
         assert named["libpython"] is None
     machine_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"at {exe}, " in machine_line
+
+
+def test_ab_compares_two_builds_by_best_and_median_time(tmp_path: Path) -> None:
+    demo = ROOT / "captures" / "demo.pcap"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab.py"), str(demo), sys.executable, "--rounds", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 6  # three rounds, each build once
+    times = {
+        name: [float(line.split()[3]) for line in rounds if line.split()[2] == name]
+        for name in ("this", "other")
+    }
+    for name, ts in times.items():
+        (summary,) = [line for line in lines if line.startswith(f"{name:<5} best")]
+        words = summary.split()
+        assert float(words[2]) == pytest.approx(min(ts), abs=5e-4)
+        assert float(words[5]) == pytest.approx(sorted(ts)[1], abs=5e-4)
+    assert lines[-1].startswith("this / other: ")
+    assert lines[-1].endswith(" (median)")
+
+
+@pytest.mark.parametrize("which", ["capture", "interpreter"])
+def test_ab_says_a_missing_capture_or_interpreter_in_one_line(which: str, tmp_path: Path) -> None:
+    demo = ROOT / "captures" / "demo.pcap"
+    missing = tmp_path / "none"
+    args = [str(missing), sys.executable] if which == "capture" else [str(demo), str(missing)]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab.py"), *args, "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2
+    said = r.stderr.strip().splitlines()
+    assert len(said) == 1 and "Traceback" not in r.stderr
+    if which == "capture":
+        assert said[0] == f"ab.py: {missing}: no such file"
+    else:
+        assert said[0] == f"ab.py: {missing}: No such file or directory"
