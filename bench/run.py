@@ -15,16 +15,16 @@ them alike):
 * ``dpkt``:     ``for ts, buf in dpkt.pcap.Reader(f): n += 1`` in a fresh interpreter
 * ``walk`` (only with ``--tools``): a CPython walk over the record headers
 
-The Python tools (fintrace, the dpkt loop, the walk) all run in this script's
-interpreter, which the run names with how its ``libpython`` is linked: the
-build of the interpreter moves them by a third (``docs/performance.md``,
-*The interpreter*), more than most changes to fintrace do.
-
 and takes the wall time and the child's peak RSS (``wait4`` rusage, the
 largest process of its tree). It prints best and median wall time, packets
 per second, peak RSS and the ratios fintrace/tshark and fintrace/dpkt, checks
 the targets of issue 6, and writes everything, with the machine and its load,
 to a JSON file (default ``bench/out/run-DATE.json``).
+
+The Python tools (fintrace, the dpkt loop, the walk) all run in this script's
+interpreter, which the run names with how its ``libpython`` is linked: the
+interpreter's build moves fintrace by about a sixth (``docs/performance.md``,
+*The interpreter*), more than most changes to fintrace do.
 
 With several captures and ``--jobs 1,2,...``, it also runs
 ``fintrace analyze --separate --jobs N`` on all of them together and reports
