@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import platform
 import signal
 import sys
 from dataclasses import dataclass
@@ -455,7 +456,10 @@ def build_filters(
 @click.version_option(
     __version__,
     prog_name="fintrace",
-    message="%(prog)s %(version)s (" + ("compiled" if COMPILED else "pure Python") + ")",
+    # The form and the interpreter: both move its speed (docs/performance.md).
+    message="%(prog)s %(version)s ("
+    + ("compiled" if COMPILED else "pure Python")
+    + f", {platform.python_implementation()} {platform.python_version()})",
 )
 def main() -> None:
     """How every TCP connection in a packet capture ended."""

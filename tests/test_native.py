@@ -286,3 +286,20 @@ def test_every_record_is_made_and_given_back_by_its_fields() -> None:
                 kinds.add(type(rec).__name__)
     assert {"Connection", "Endpoint", "FileSpan", "SideCounts", "SideFrames", "SideStates",
             "Transition", "Reuse"} <= kinds  # fmt: skip
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_version_says_the_form_and_the_interpreter_that_run(pure: bool) -> None:
+    env = without_pure() | ({"FINTRACE_PURE": "1"} if pure else {})
+    p = subprocess.run(
+        [sys.executable, "-P", "-m", "fintrace", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    form = "compiled" if build_is_compiled() and not pure else "pure Python"
+    python = f"{sys.implementation.name.replace('cpython', 'CPython')} " + ".".join(
+        str(n) for n in sys.version_info[:3]
+    )
+    assert p.stdout == f"fintrace {fintrace.__version__} ({form}, {python})\n"
