@@ -46,6 +46,23 @@ def make(tmp: Path, args: list[str], name: str = "small") -> tuple[Path, list[di
     return pcap, truth
 
 
+def bench_script(
+    script: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python bench/SCRIPT ARGS...`` as a user runs it, its output as text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+#: A capture shipped in the repository, for the scripts' own behaviour.
+DEMO = ROOT / "captures" / "demo.pcap"
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     return make(tmp_path_factory.mktemp("gen"), SMALL)
@@ -202,12 +219,7 @@ def test_bench_judges_memory_growth_only_against_a_much_shorter_capture() -> Non
 
 def test_bench_says_a_missing_capture_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "none.pcap"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), str(missing), "--tools", "dpkt"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = bench_script("run.py", str(missing), "--tools", "dpkt")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == f"run.py: error: no such capture: {missing}"
     assert "Traceback" not in r.stderr
@@ -255,14 +267,7 @@ def test_bench_names_the_interpreter_and_its_libpython(
 
 
 def test_ab_compares_two_builds_by_best_and_median_time(tmp_path: Path) -> None:
-    demo = ROOT / "captures" / "demo.pcap"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ab.py"), str(demo), sys.executable, "--rounds", "3"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = bench_script("ab.py", str(DEMO), sys.executable, "--rounds", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     rounds = [line for line in lines if line.startswith("round ")]
@@ -282,15 +287,9 @@ def test_ab_compares_two_builds_by_best_and_median_time(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("which", ["capture", "interpreter"])
 def test_ab_says_a_missing_capture_or_interpreter_in_one_line(which: str, tmp_path: Path) -> None:
-    demo = ROOT / "captures" / "demo.pcap"
     missing = tmp_path / "none"
-    args = [str(missing), sys.executable] if which == "capture" else [str(demo), str(missing)]
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ab.py"), *args, "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    args = [str(missing), sys.executable] if which == "capture" else [str(DEMO), str(missing)]
+    r = bench_script("ab.py", *args, "--rounds", "1")
     assert r.returncode == 2
     said = r.stderr.strip().splitlines()
     assert len(said) == 1 and "Traceback" not in r.stderr
