@@ -786,7 +786,7 @@ class Decoder(RecordSink):
             if syn_ws is None:
                 return False
             ws = syn_ws
-        # Header fields byte by byte when compiled (see reader.BY_BYTE).
+        # Header fields as machine loads when compiled (see reader.BY_BYTE).
         seq: int
         ack: int
         if BY_BYTE:
