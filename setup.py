@@ -55,6 +55,7 @@ COMPILED = (
     "findings",
     "policy",
     "pipeline",
+    "render/jsonwriter",
     "render/jsonout",
 )
 
