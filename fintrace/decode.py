@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from collections import Counter
     from collections.abc import Iterator
 
+    from mypy_extensions import i64
+
     from fintrace.reader import Record
 
 #: ``(frame, ts, key, seq, ack, flags, payload_len, window, wscale)``.
@@ -684,7 +686,7 @@ class Decoder(RecordSink):
         if self.frame:
             self.stats.last_ts = self.last_ts
 
-    def record(self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, lt: int) -> None:
+    def record(self, ts: float, buf: bytes, off: i64, caplen: i64, origlen: i64, lt: i64) -> None:
         frame = self.frame + 1
         self.frame = frame
         self.last_ts = ts
@@ -775,7 +777,7 @@ class Decoder(RecordSink):
             self.stats.skipped[d] += 1  # type: ignore[index]
 
     def _tcp(
-        self, frame: int, ts: float, key: bytes, buf: bytes, t: int, hlen: int, plen: int, end: int
+        self, frame: int, ts: float, key: bytes, buf: bytes, t: i64, hlen: i64, plen: i64, end: i64
     ) -> bool:
         """Hand on the TCP header at ``buf[t:]``; False if it is a SYN whose options
         were not all captured (up to ``end``), for the general path to say why."""

@@ -278,14 +278,14 @@ class CaptureFile:
         scale = self._scale
         linktype = self.linktypes[0]
         buf = self._buf
-        off = self._off
-        end = len(buf)
-        rec = self._rec
         # Declared: compiled code keeps them as machine integers.
-        sec: int
-        frac: int
-        caplen: int
-        origlen: int
+        off: i64 = self._off
+        end: i64 = len(buf)
+        rec = self._rec
+        sec: i64
+        frac: i64
+        caplen: i64
+        origlen: i64
         while off + 16 <= end:
             if BY_BYTE:
                 # Compiled, these make no object (struct makes five).
@@ -314,7 +314,7 @@ class CaptureFile:
                 return False
             if nxt > end:
                 break
-            sink.record(sec + frac * scale, buf, start, caplen, origlen, linktype)
+            sink.record(float(sec) + float(frac) * scale, buf, start, caplen, origlen, linktype)
             off = nxt
         return self._refill(buf, off, "record")
 
@@ -563,7 +563,7 @@ class RecordSink:
     """
 
     def record(
-        self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, linktype: int
+        self, ts: float, buf: bytes, off: i64, caplen: i64, origlen: i64, linktype: i64
     ) -> None:
         pass
 
@@ -575,7 +575,7 @@ class RecordList(RecordSink):
         self.items: list[Record] = []
 
     def record(
-        self, ts: float, buf: bytes, off: int, caplen: int, origlen: int, linktype: int
+        self, ts: float, buf: bytes, off: i64, caplen: i64, origlen: i64, linktype: i64
     ) -> None:
         self.items.append((ts, buf, off, caplen, origlen, linktype))
 
