@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from binascii import b2a_base64
 from enum import IntEnum
 from typing import Final
+
+from librt.strings import BytesWriter
 
 from fintrace.classify import port_of
 from fintrace.decode import ACK, COUNT_ONLY, FIN, RST, SYN
@@ -52,7 +53,20 @@ def community_id(
     """
     if src > dst or (src == dst and sport > dport):
         src, dst, sport, dport = dst, src, dport, sport
-    digest = _sha1(_SEED(seed) + src + dst + _TAIL(proto, 0, sport, dport)).digest()
+    # The seed, the addresses, the protocol, a zero byte and the ports,
+    # big-endian: written in one buffer (compiled, no object but it).
+    w = BytesWriter()
+    w.append(seed >> 8)
+    w.append(seed & 0xFF)
+    w.write(src)
+    w.write(dst)
+    w.append(proto)
+    w.append(0)
+    w.append(sport >> 8)
+    w.append(sport & 0xFF)
+    w.append(dport >> 8)
+    w.append(dport & 0xFF)
+    digest = _sha1(w.getvalue()).digest()
     if b64:
         return "1:" + _b64(digest, newline=False).decode("ascii")
     return "1:" + digest.hex()
@@ -60,8 +74,6 @@ def community_id(
 
 _sha1: Final = hashlib.sha1
 _b64: Final = b2a_base64
-_SEED: Final = struct.Struct("!H").pack
-_TAIL: Final = struct.Struct("!BBHH").pack
 
 
 #: TCP ports Zeek's default scripts add to ``likely_server_ports`` (each
