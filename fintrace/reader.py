@@ -380,102 +380,119 @@ class CaptureFile:
         ifaces = self._ifaces
         last_ts = self._last_ts
         end = len(buf)
+        little = endian == "<"
         # Declared: compiled code keeps them as machine integers.
-        btype: int
-        blen: int = 0
-        iface: int
-        tsh: int
-        tsl: int
-        caplen: int
-        origlen: int
-        try:
-            while off + 12 <= end:
+        btype: i64
+        blen: i64 = 0
+        iface: i64
+        tsh: i64
+        tsl: i64
+        caplen: i64
+        origlen: i64
+        while off + 12 <= end:
+            if not BY_BYTE:
                 btype, blen = hdr(buf, off)
-                if btype == PCAPNG_SHB:
-                    # A new section may switch byte order, its own length included.
-                    if off + 16 > end:
-                        break
-                    problem = self._section_problem(buf, off)
-                    if problem:
-                        self._damaged(problem)
-                        return False
-                    endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-                    hdr = self._hdr = struct.Struct(endian + "II").unpack_from
-                    epb = self._epb = struct.Struct(endian + "IIIII").unpack_from
-                    self._endian = endian
-                    ifaces = self._ifaces = []
-                    btype, blen = hdr(buf, off)
-                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+            elif little:
+                btype = u32_le(buf, off)
+                blen = u32_le(buf, off + 4)
+            else:
+                btype = u32_be(buf, off)
+                blen = u32_be(buf, off + 4)
+            if btype == PCAPNG_SHB:
+                # A new section may switch byte order, its own length included.
+                if off + 16 > end:
+                    break
+                problem = self._section_problem(buf, off)
+                if problem:
+                    self._damaged(problem)
+                    return False
+                endian = "<" if buf[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+                hdr = self._hdr = struct.Struct(endian + "II").unpack_from
+                epb = self._epb = struct.Struct(endian + "IIIII").unpack_from
+                self._endian = endian
+                little = endian == "<"
+                ifaces = self._ifaces = []
+                btype, blen = hdr(buf, off)
+            if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                self._damaged(
+                    f"a pcapng block at byte {self._abs(off, end)} "
+                    f"has an impossible length ({blen})"
+                )
+                return False
+            nxt = off + blen
+            if nxt > end:
+                break
+            if btype == PCAPNG_EPB:
+                if blen < 32:  # shorter than its fixed fields and trailing length
+                    self._damaged(self._too_short("enhanced packet", off, end, blen))
+                    return False
+                if not BY_BYTE:
+                    iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
+                elif little:
+                    iface = u32_le(buf, off + 8)
+                    tsh = u32_le(buf, off + 12)
+                    tsl = u32_le(buf, off + 16)
+                    caplen = u32_le(buf, off + 20)
+                    origlen = u32_le(buf, off + 24)
+                else:
+                    iface = u32_be(buf, off + 8)
+                    tsh = u32_be(buf, off + 12)
+                    tsl = u32_be(buf, off + 16)
+                    caplen = u32_be(buf, off + 20)
+                    origlen = u32_be(buf, off + 24)
+                # 28 bytes of header and the 4-byte trailing length.
+                if 32 + caplen > blen:
                     self._damaged(
-                        f"a pcapng block at byte {self._abs(off, end)} "
-                        f"has an impossible length ({blen})"
+                        f"a pcapng packet block at byte {self._abs(off, end)} "
+                        f"claims {caplen} bytes, more than the block holds"
                     )
                     return False
-                nxt = off + blen
-                if nxt > end:
-                    break
-                if btype == PCAPNG_EPB:
-                    iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
-                    # 28 bytes of header and the 4-byte trailing length.
-                    if 32 + caplen > blen:
-                        self._damaged(
-                            self._too_short("enhanced packet", off, end, blen)
-                            if blen < 32
-                            else f"a pcapng packet block at byte {self._abs(off, end)} "
-                            f"claims {caplen} bytes, more than the block holds"
-                        )
-                        return False
-                    if iface >= len(ifaces):
-                        self._damaged(
-                            f"a packet block names interface {iface}, which was never described"
-                        )
-                        return False
-                    ifc = ifaces[iface]
-                    last_ts = ifc.time((tsh << 32) | tsl)
-                    self._last_ts = last_ts
-                    sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
-                elif btype == PCAPNG_IDB:
-                    if blen < 20:
-                        self._damaged(self._too_short("interface", off, end, blen))
-                        return False
-                    ifaces.append(Interface.read(buf, off, blen, endian))
-                    if ifaces[-1].linktype not in self.linktypes:
-                        self.linktypes.append(ifaces[-1].linktype)
-                elif btype == PCAPNG_SPB:
-                    if not ifaces:
-                        self._damaged("a simple packet block comes before any interface")
-                        return False
-                    if blen < 16:
-                        self._damaged(self._too_short("simple packet", off, end, blen))
-                        return False
-                    (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
-                    ifc = ifaces[0]
-                    caplen = min(origlen, blen - 16, ifc.snaplen or origlen)
-                    # A simple packet block has no timestamp; keep time moving.
-                    sink.record(last_ts, buf, off + 12, caplen, origlen, ifc.linktype)
-                elif btype == PCAPNG_PB:
-                    if blen < 32:
-                        self._damaged(self._too_short("packet", off, end, blen))
-                        return False
-                    iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
-                        endian + "HHIIII", buf, off + 8
+                if iface >= len(ifaces):
+                    self._damaged(
+                        f"a packet block names interface {iface}, which was never described"
                     )
-                    if iface >= len(ifaces) or 32 + caplen > blen:
-                        self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
-                        return False
-                    ifc = ifaces[iface]
-                    last_ts = ifc.time((tsh << 32) | tsl)
-                    self._last_ts = last_ts
-                    sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
-                elif btype in PCAPNG_RECORD_BLOCKS:
-                    # Takes a frame number in Wireshark; the decoder counts it.
-                    sink.record(last_ts, buf, off, 0, 0, LT_NO_PACKET)
-                off = nxt
-        except struct.error:
-            # Only an enhanced packet block shorter than its fixed fields,
-            # at the very end of the data read, gets here.
-            self._damaged(self._too_short("enhanced packet", off, end, blen))
-            return False
+                    return False
+                ifc = ifaces[iface]
+                last_ts = ifc.time((int(tsh) << 32) | tsl)
+                self._last_ts = last_ts
+                sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
+            elif btype == PCAPNG_IDB:
+                if blen < 20:
+                    self._damaged(self._too_short("interface", off, end, blen))
+                    return False
+                ifaces.append(Interface.read(buf, off, blen, endian))
+                if ifaces[-1].linktype not in self.linktypes:
+                    self.linktypes.append(ifaces[-1].linktype)
+            elif btype == PCAPNG_SPB:
+                if not ifaces:
+                    self._damaged("a simple packet block comes before any interface")
+                    return False
+                if blen < 16:
+                    self._damaged(self._too_short("simple packet", off, end, blen))
+                    return False
+                (origlen,) = struct.unpack_from(endian + "I", buf, off + 8)
+                ifc = ifaces[0]
+                caplen = min(origlen, blen - 16, ifc.snaplen or origlen)
+                # A simple packet block has no timestamp; keep time moving.
+                sink.record(last_ts, buf, off + 12, caplen, origlen, ifc.linktype)
+            elif btype == PCAPNG_PB:
+                if blen < 32:
+                    self._damaged(self._too_short("packet", off, end, blen))
+                    return False
+                iface, _drops, tsh, tsl, caplen, origlen = struct.unpack_from(
+                    endian + "HHIIII", buf, off + 8
+                )
+                if iface >= len(ifaces) or 32 + caplen > blen:
+                    self._damaged(f"a packet block at byte {self._abs(off, end)} is corrupt")
+                    return False
+                ifc = ifaces[iface]
+                last_ts = ifc.time((int(tsh) << 32) | tsl)
+                self._last_ts = last_ts
+                sink.record(last_ts, buf, off + 28, caplen, origlen, ifc.linktype)
+            elif btype in PCAPNG_RECORD_BLOCKS:
+                # Takes a frame number in Wireshark; the decoder counts it.
+                sink.record(last_ts, buf, off, 0, 0, LT_NO_PACKET)
+            off = nxt
         return self._refill(buf, off, "block")
 
     def _too_short(self, kind: str, off: int, end: int, blen: int) -> str:
