@@ -12,7 +12,7 @@ from fintrace import COMPILED
 from fintrace.aggregate import LazyList
 from fintrace.model import Connection
 from fintrace.pipeline import Run
-from fintrace.render.jsonwriter import write_connection
+from fintrace.render.jsonwriter import connection_bytes, write_connection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -79,7 +79,8 @@ def connection_dict(c: Connection) -> dict[str, Any]:
 
 
 def connection_json(conn: Connection) -> bytes:
-    return _dumps(connection_dict(conn))
+    """The connection's JSON text, as the renderers write it."""
+    return connection_bytes(conn) if COMPILED else _dumps(connection_dict(conn))
 
 
 class JsonLinesRenderer:
