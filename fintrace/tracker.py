@@ -26,6 +26,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
+from librt.strings import BytesWriter
 from mypy_extensions import mypyc_attr
 
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
@@ -636,7 +637,9 @@ class _Freezing:
     """Writes the values of a tracker as :func:`freeze` lays them out."""
 
     def __init__(self) -> None:
-        self.out: list[int] = []
+        # A byte buffer: compiled, appending and rewriting its last byte are C
+        # operations, and the result one copy (from a list, a conversion per byte).
+        self.out = BytesWriter()
         self.floats: dict[float, int] = {}
         #: Where the last default (or run of them) ends: one written there extends it.
         self.run_end = -1
@@ -644,10 +647,10 @@ class _Freezing:
     def blob(self) -> bytes:
         n = len(self.floats)
         if n < 0x80 and n < len(_REALS):
-            return bytes((n,)) + _REALS[n].pack(*self.floats) + bytes(self.out)
+            return bytes((n,)) + _REALS[n].pack(*self.floats) + self.out.getvalue()
         head = _Freezing()
         head.varint(n)
-        return bytes(head.out) + struct.pack(f"<{n}d", *self.floats) + bytes(self.out)
+        return head.out.getvalue() + struct.pack(f"<{n}d", *self.floats) + self.out.getvalue()
 
     def varint(self, n: int) -> None:
         out = self.out
@@ -736,7 +739,7 @@ class _Freezing:
             data = v.encode()
             self.out.append(_STR)
             self.varint(len(data))
-            self.out.extend(data)
+            self.out.write(data)
         elif type(v) is list or type(v) is tuple:
             self.out.append(_LIST if type(v) is list else _TUPLE)
             self.varint(len(v))
