@@ -7,8 +7,9 @@ made with ``pip install .`` from an earlier commit, say); this one is the
 interpreter running the script. Each round runs the analysis once with each,
 one after the other, in a fresh process: ``Run.connections()`` into the JSON
 lines renderer, writing to ``/dev/null``, timed inside the process from the
-run's start to its end (no interpreter start-up). Prints every round, each
-build's best and median, and the ratios of the best and of the median times.
+run's start to its end (no interpreter start-up), and the process's peak RSS.
+Prints every round, each build's best and median time and the range of its peaks,
+and the ratios of the best and of the median times and of the median peaks.
 
 On a shared machine the speed of the processor's caches moves with what the
 other tenants do, by up to a third over minutes (``docs/performance.md``):
@@ -25,9 +26,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-#: Run in each child: prints the seconds the analysis took and its connections.
+#: Run in each child: prints the seconds the analysis took, its connections and
+#: the process's peak RSS in KiB.
 CHILD = """
-import gc, os, sys, time
+import gc, os, resource, sys, time
 from fintrace.pipeline import AnalyzeOptions, Run
 from fintrace.render.jsonout import JsonLinesRenderer
 with open(os.devnull, "w") as out:
@@ -41,7 +43,7 @@ with open(os.devnull, "w") as out:
         renderer.connection(conn)
         n += 1
     renderer.end(run)
-    print(time.perf_counter() - start, n)
+    print(time.perf_counter() - start, n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
@@ -51,8 +53,8 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def once(python: str, capture: str) -> tuple[float, int]:
-    """Seconds and connections of one analysis by ``python``'s fintrace."""
+def once(python: str, capture: str) -> tuple[float, int, float]:
+    """Seconds, connections and peak RSS (MiB) of one analysis by ``python``'s fintrace."""
     # -I: not the checkout in the current directory, but the install of that interpreter.
     try:
         done = subprocess.run(
@@ -65,8 +67,8 @@ def once(python: str, capture: str) -> tuple[float, int]:
             f"{python}: "
             + (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
         )
-    seconds, conns = done.stdout.split()
-    return float(seconds), int(conns)
+    seconds, conns, rss_kb = done.stdout.split()
+    return float(seconds), int(conns), int(rss_kb) / 1024
 
 
 def main() -> None:
@@ -79,19 +81,30 @@ def main() -> None:
         fail(f"{a.capture}: no such file")
     builds = {"this": sys.executable, "other": a.other}
     times: dict[str, list[float]] = {name: [] for name in builds}
+    peaks: dict[str, list[float]] = {name: [] for name in builds}
     counts: set[int] = set()
     for r in range(a.rounds):
         for name, python in builds.items():
-            seconds, conns = once(python, a.capture)
+            seconds, conns, peak = once(python, a.capture)
             times[name].append(seconds)
+            peaks[name].append(peak)
             counts.add(conns)
-            print(f"round {r + 1}/{a.rounds}  {name:<5}  {seconds:6.3f} s", flush=True)
+            print(
+                f"round {r + 1}/{a.rounds}  {name:<5}  {seconds:6.3f} s  {peak:6.1f} MiB",
+                flush=True,
+            )
     if len(counts) != 1:
         fail(f"the builds found different numbers of connections: {sorted(counts)}")
     best = {name: min(t) for name, t in times.items()}
     median = {name: statistics.median(t) for name, t in times.items()}
     for name, python in builds.items():
-        print(f"{name:<5} best {best[name]:6.3f} s  median {median[name]:6.3f} s  ({python})")
+        print(
+            f"{name:<5} best {best[name]:6.3f} s  median {median[name]:6.3f} s  "
+            f"peak RSS {min(peaks[name]):.1f}-{max(peaks[name]):.1f} MiB  ({python})"
+        )
+    # The peak moves from run to run too (by up to 10 MB on gen-10m): its medians compare.
+    peak = {name: statistics.median(p) for name, p in peaks.items()}
+    print(f"this / other: {peak['this'] / peak['other']:.3f} of the peak RSS (median)")
     print(
         f"this / other: {best['this'] / best['other']:.2f} of the time (best), "
         f"{median['this'] / median['other']:.2f} (median)"

@@ -276,11 +276,22 @@ def test_ab_compares_two_builds_by_best_and_median_time(tmp_path: Path) -> None:
         name: [float(line.split()[3]) for line in rounds if line.split()[2] == name]
         for name in ("this", "other")
     }
+    peaks = {
+        name: [float(line.split()[5]) for line in rounds if line.split()[2] == name]
+        for name in ("this", "other")
+    }
     for name, ts in times.items():
         (summary,) = [line for line in lines if line.startswith(f"{name:<5} best")]
         words = summary.split()
         assert float(words[2]) == pytest.approx(min(ts), abs=5e-4)
         assert float(words[5]) == pytest.approx(sorted(ts)[1], abs=5e-4)
+        # The peak RSS of each round, a child's whole process: tens of MiB.
+        assert all(5 < peak < 2000 for peak in peaks[name])
+        assert words[9] == f"{min(peaks[name]):.1f}-{max(peaks[name]):.1f}"
+    median_peak = {name: sorted(p)[1] for name, p in peaks.items()}
+    assert lines[-2] == (
+        f"this / other: {median_peak['this'] / median_peak['other']:.3f} of the peak RSS (median)"
+    )
     assert lines[-1].startswith("this / other: ")
     assert lines[-1].endswith(" (median)")
 
