@@ -29,7 +29,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from fintrace.model import SkipReason
-from fintrace.reader import BY_BYTE, LT_NO_PACKET, RecordSink, u32_be
+from fintrace.reader import FIELD_LOADS, LT_NO_PACKET, RecordSink, u32_be
 from fintrace.reassembly import Reassembler
 
 if TYPE_CHECKING:
@@ -788,10 +788,10 @@ class Decoder(RecordSink):
             if syn_ws is None:
                 return False
             ws = syn_ws
-        # Header fields as machine loads when compiled (see reader.BY_BYTE).
+        # Header fields as machine loads when compiled (see reader.FIELD_LOADS).
         seq: int
         ack: int
-        if BY_BYTE:
+        if FIELD_LOADS:
             seq = u32_be(buf, t + 4)
             ack = u32_be(buf, t + 8)
         else:

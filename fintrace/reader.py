@@ -61,7 +61,7 @@ _PCAPNG_HDR_LE = struct.Struct("<II").unpack_from
 #: Read header fields with u32_le/u32_be (compiled: one machine load each, no
 #: object made), not with struct (as Python: one call into C instead of one
 #: Python call per field).
-BY_BYTE: Final = COMPILED
+FIELD_LOADS: Final = COMPILED
 _PCAPNG_EPB_LE = struct.Struct("<IIIII").unpack_from
 
 _PCAP_MAGIC = {
@@ -287,7 +287,7 @@ class CaptureFile:
         caplen: i64
         origlen: i64
         while off + 16 <= end:
-            if BY_BYTE:
+            if FIELD_LOADS:
                 # Compiled, these make no object (struct makes five).
                 if little:
                     sec = u32_le(buf, off)
@@ -390,7 +390,7 @@ class CaptureFile:
         caplen: i64
         origlen: i64
         while off + 12 <= end:
-            if not BY_BYTE:
+            if not FIELD_LOADS:
                 btype, blen = hdr(buf, off)
             elif little:
                 btype = u32_le(buf, off)
@@ -426,7 +426,7 @@ class CaptureFile:
                 if blen < 32:  # shorter than its fixed fields and trailing length
                     self._damaged(self._too_short("enhanced packet", off, end, blen))
                     return False
-                if not BY_BYTE:
+                if not FIELD_LOADS:
                     iface, tsh, tsl, caplen, origlen = epb(buf, off + 8)
                 elif little:
                     iface = u32_le(buf, off + 8)

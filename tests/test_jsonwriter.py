@@ -13,13 +13,13 @@ from __future__ import annotations
 import io
 import math
 import tracemalloc
-from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fintrace.errors import FintraceError
 from fintrace.model import (
     CloseType,
     Connection,
@@ -38,7 +38,9 @@ from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import JsonLinesRenderer, JsonRenderer, connection_dict
 from fintrace.render.jsonwriter import connection_bytes
 
-from conftest import capture_files, corpus_files
+from conftest import CAPTURES, capture_files, corpus_files
+
+DEMO = CAPTURES / "demo.pcap"
 
 
 def orjson_bytes(c: Connection) -> bytes:
@@ -52,7 +54,7 @@ def test_every_connection_of_every_capture_is_written_as_orjson_writes_it() -> N
         try:
             run = analyze(AnalyzeOptions(paths=(str(path),)))
             conns = list(run.connections())
-        except Exception:  # a capture fintrace refuses is bad_input's to test
+        except FintraceError:  # a capture fintrace refuses is bad_input's to test
             continue
         for c in conns:
             assert connection_bytes(c) == orjson_bytes(c), (path.name, c.stream)
@@ -61,11 +63,9 @@ def test_every_connection_of_every_capture_is_written_as_orjson_writes_it() -> N
 
 
 def test_the_renderers_write_orjson_bytes() -> None:
-    path = next(p for p in capture_files() if p.name == "demo.pcap")
-
     def rendered(renderer_type: type[JsonLinesRenderer] | type[JsonRenderer]) -> bytes:
         out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-        run = analyze(AnalyzeOptions(paths=(str(path),)))
+        run = analyze(AnalyzeOptions(paths=(str(DEMO),)))
         renderer = renderer_type(out)
         renderer.begin(run)
         conns = []
@@ -185,7 +185,7 @@ def test_any_record_is_written_as_orjson_writes_it(c: Connection) -> None:
 def test_zero_and_minus_zero_are_written_apart() -> None:
     # The writer reuses the text of a change's time when it equals the first
     # packet's; 0.0 == -0.0, but orjson writes them apart.
-    c = next(iter(analyze(AnalyzeOptions(paths=(str(_demo()),))).connections()))
+    c = next(iter(analyze(AnalyzeOptions(paths=(str(DEMO),))).connections()))
     t = c.transitions[0]
     zero = c.replace(
         first_ts=0.0, last_ts=-0.0, transitions=(t.replace(ts=-0.0), t.replace(ts=0.0))
@@ -196,15 +196,11 @@ def test_zero_and_minus_zero_are_written_apart() -> None:
     assert b'"ts":-0.0}' in text and b'"ts":0.0}' in text
 
 
-def _demo() -> Path:
-    return next(p for p in capture_files() if p.name == "demo.pcap")
-
-
 def test_the_strings_it_keeps_cost_what_they_hold() -> None:
     # The writer keeps the JSON of each address it meets. orjson's result
     # holds on to the 4 KiB orjson wrote it in: kept as it is, 5,000
     # addresses cost 20 MB (a third of gen-1.6m's peak).
-    c = next(iter(analyze(AnalyzeOptions(paths=(str(_demo()),))).connections()))
+    c = next(iter(analyze(AnalyzeOptions(paths=(str(DEMO),))).connections()))
     records = [
         c.replace(client=Endpoint(f"198.18.{i // 250}.{i % 250}", 1024)) for i in range(5000)
     ]

@@ -20,7 +20,7 @@ import orjson
 from librt.strings import BytesWriter
 from mypy_extensions import i64, u8
 
-from fintrace.model import Connection
+from fintrace.model import Connection, Endpoint
 
 _dumps: Final = orjson.dumps
 
@@ -39,17 +39,11 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     _int(w, c.stream)
     w.write(b',"capture":')
     _str(w, c.capture)
-    client = c.client
-    w.write(b',"client":{"ip":')
-    _str(w, client.ip)
-    w.write(b',"port":')
-    _int(w, client.port)
-    server = c.server
-    w.write(b'},"server":{"ip":')
-    _str(w, server.ip)
-    w.write(b',"port":')
-    _int(w, server.port)
-    w.write(b'},"roles_inferred":')
+    w.write(b',"client":')
+    _endpoint(w, c.client)
+    w.write(b',"server":')
+    _endpoint(w, c.server)
+    w.write(b',"roles_inferred":')
     _bool(w, c.roles_inferred)
     w.write(b',"first_frame":')
     _int(w, c.first_frame)
@@ -182,6 +176,14 @@ def connection_bytes(c: Connection) -> bytes:
     w = BytesWriter()
     write_connection(w, c)
     return w.getvalue()
+
+
+def _endpoint(w: BytesWriter, e: Endpoint) -> None:
+    w.write(b'{"ip":')
+    _str(w, e.ip)
+    w.write(b',"port":')
+    _int(w, e.port)
+    w.write(b"}")
 
 
 def _int(w: BytesWriter, n: int) -> None:
