@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 import tracemalloc
 
 import orjson
@@ -36,7 +37,7 @@ from fintrace.model import (
 )
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import JsonLinesRenderer, JsonRenderer, connection_dict
-from fintrace.render.jsonwriter import connection_bytes
+from fintrace.render.jsonwriter import connection_bytes, number_bytes
 
 from conftest import CAPTURES, capture_files, corpus_files
 
@@ -213,3 +214,38 @@ def test_the_strings_it_keeps_cost_what_they_hold() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 2_000_000, grown
+
+
+def test_timestamps_are_written_as_orjson_writes_them() -> None:
+    # Between 2**12 and 2**33 the writer makes a float's text itself when
+    # six decimals read back as the float. Around each six-decimal value lie
+    # the floats one unit either side, whose shortest text is longer, and the
+    # powers of two, where the unit halves: each must come out as orjson's.
+    rng = random.Random(1)
+    values: list[float] = []
+    for _ in range(20000):
+        whole = rng.randrange(4096, 2**33)
+        micro = rng.randrange(10**6)
+        exact = float(f"{whole}.{micro:06d}")
+        values += [exact, whole + micro / 1e6, math.nextafter(exact, 0.0)]
+        values += [math.nextafter(exact, math.inf), rng.uniform(4000.0, 2.0**33 + 10)]
+        values += [whole + rng.randrange(10) / 10, float(whole), whole + 0.9999995]
+    for p in range(11, 35):
+        edge = 2.0**p
+        values += [edge + k * 2.0 ** (p - 52) for k in range(-40, 40)]
+    wrong = [(v, number_bytes(v)) for v in values if number_bytes(v) != orjson.dumps(v)]
+    assert wrong == []
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.floats(4000.0, 2.0**33 + 1))
+def test_any_float_is_written_as_orjson_writes_it(f: float) -> None:
+    assert number_bytes(f) == orjson.dumps(f)
+
+
+def test_integers_are_written_as_orjson_writes_them() -> None:
+    # Four digits at a time from a table below 10**12, digit by digit above.
+    edges = [10**k + d for k in range(19) for d in (-1, 0, 1)] + [2**62 - 1]
+    rng = random.Random(2)
+    values = edges + [rng.randrange(10 ** rng.randrange(1, 19)) for _ in range(20000)]
+    wrong = [(n, number_bytes(n)) for n in values if number_bytes(n) != orjson.dumps(n)]
+    assert wrong == []

@@ -5,11 +5,13 @@ per connection and then walks them again; on a capture of 100,000
 connections that took about a third of all the instructions of a ``--format
 jsonl`` run (callgrind, docs/performance.md). Compiled, :func:`write_connection`
 writes the same bytes straight from the record: the keys as constants, the
-integers digit by digit, the strings that repeat (addresses, capture names,
-enumeration values) from a cache of their JSON, and what is left (floats,
-other strings, integers out of the machine's range) by orjson itself, one
-value at a time. ``tests/test_jsonwriter.py`` holds it to orjson's bytes on
-every capture and on records of every kind of value.
+integers four digits at a time from a table, timestamps the same way once
+their six decimals are proven to be orjson's (:func:`_float`), the strings
+that repeat (addresses, capture names, enumeration values) from a cache of
+their JSON, and what is left (other floats, other strings, integers out of
+the machine's range) by orjson itself, one value at a time.
+``tests/test_jsonwriter.py`` holds it to orjson's bytes on every capture and
+on records of every kind of value.
 """
 
 from __future__ import annotations
@@ -31,6 +33,38 @@ _STRINGS_MAX: Final = 1 << 16
 #: The largest integer written digit by digit: compiled, comparing with it
 #: is one machine comparison (a larger one is a Python object).
 _SMALL_MAX: Final = (1 << 62) - 1
+#: The text of 0 to 9999, and the same four digits with leading zeros: an
+#: integer below 10**12 is written as at most three of them. Built by joining
+#: and cutting (formatting 30,000 numbers took 10 ms of every start).
+_PAIRS: Final = [bytes((a, b)) for a in b"0123456789" for b in b"0123456789"]
+_DIGITS4: Final = [a + b for a in _PAIRS for b in _PAIRS]
+_DIGITS: Final = [d[(i < 1000) + (i < 100) + (i < 10) :] for i, d in enumerate(_DIGITS4)]
+#: A fraction's first four decimals, trailing zeros dropped ("0" for none),
+#: and its last two, trailing zeros dropped.
+_FRACTION4: Final = [d.rstrip(b"0") or b"0" for d in _DIGITS4]
+_FRACTION2: Final = [d[2:].rstrip(b"0") for d in _DIGITS4[:100]]
+
+
+class _Seconds:
+    """The two whole seconds :func:`_float` wrote last, and their text with the point."""
+
+    def __init__(self) -> None:
+        self.whole: i64 = -1
+        self.text = b""
+        self.other_whole: i64 = -1
+        self.other_text = b""
+
+    def swap(self) -> None:
+        """Make the other seconds the last written."""
+        whole = self.whole
+        text = self.text
+        self.whole = self.other_whole
+        self.text = self.other_text
+        self.other_whole = whole
+        self.other_text = text
+
+
+_SECONDS: Final = _Seconds()
 
 
 def write_connection(w: BytesWriter, c: Connection) -> None:
@@ -49,17 +83,10 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     _int(w, c.first_frame)
     w.write(b',"last_frame":')
     _int(w, c.last_frame)
-    # Most state changes happen at the first or the last packet's time, or at
-    # the previous change's: their text is made once (not for 0.0, which
-    # equals -0.0 but is written apart).
-    first_ts = c.first_ts
-    first_text = _dumps(first_ts)
-    last_ts = c.last_ts
-    last_text = first_text if last_ts == first_ts and last_ts != 0.0 else _dumps(last_ts)
     w.write(b',"first_ts":')
-    w.write(first_text)
+    _float(w, c.first_ts)
     w.write(b',"last_ts":')
-    w.write(last_text)
+    _float(w, c.last_ts)
     w.write(b',"packets":')
     _int(w, c.packets)
     payload = c.payload_bytes
@@ -88,7 +115,10 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     _int(w, c.half_close_bytes)
     w.write(b',"close_wait_s":')
     close_wait = c.close_wait_s
-    w.write(b"null" if close_wait is None else _dumps(close_wait))
+    if close_wait is None:
+        w.write(b"null")
+    else:
+        _float(w, close_wait)
     w.write(b',"stuck":')
     _bool(w, c.stuck)
     w.write(b',"final_ack_seen":')
@@ -106,18 +136,7 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     _opt_str(w, states.server)
     w.write(b'},"transitions":[')
     first = True
-    seen_ts = first_ts
-    seen_text = first_text
     for t in c.transitions:
-        ts = t.ts
-        if ts != seen_ts or ts == 0.0:
-            seen_ts = ts
-            if ts == last_ts and ts != 0.0:
-                seen_text = last_text
-            elif ts == first_ts and ts != 0.0:
-                seen_text = first_text
-            else:
-                seen_text = _dumps(ts)
         w.write(b'{"side":' if first else b',{"side":')
         first = False
         _str(w, t.side)
@@ -126,7 +145,7 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
         w.write(b',"frame":')
         _int(w, t.frame)
         w.write(b',"ts":')
-        w.write(seen_text)
+        _float(w, t.ts)
         w.write(b"}")
     w.write(b'],"reused_tuple":')
     reuse = c.reused_tuple
@@ -136,7 +155,7 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
         w.write(b'{"previous_stream":')
         _int(w, reuse.previous_stream)
         w.write(b',"gap_s":')
-        w.write(_dumps(reuse.gap_s))
+        _float(w, reuse.gap_s)
         w.write(b"}")
     w.write(b',"anomalies":[')
     first = True
@@ -178,6 +197,16 @@ def connection_bytes(c: Connection) -> bytes:
     return w.getvalue()
 
 
+def number_bytes(n: int | float) -> bytes:
+    """``orjson.dumps(n)``, written as :func:`write_connection` writes numbers."""
+    w = BytesWriter()
+    if isinstance(n, float):
+        _float(w, n)
+    else:
+        _int(w, n)
+    return w.getvalue()
+
+
 def _endpoint(w: BytesWriter, e: Endpoint) -> None:
     w.write(b'{"ip":')
     _str(w, e.ip)
@@ -191,9 +220,20 @@ def _int(w: BytesWriter, n: int) -> None:
         w.write(_dumps(n))  # orjson says what it cannot write, as before
         return
     v: i64 = n
-    if v < 10:
-        w.append(u8(48 + v))
-        return
+    if v < 10000:
+        w.write(_DIGITS[v])
+    elif v < 100000000:
+        w.write(_DIGITS[v // 10000])
+        w.write(_DIGITS4[v % 10000])
+    elif v < 1000000000000:
+        w.write(_DIGITS[v // 100000000])
+        w.write(_DIGITS4[v // 10000 % 10000])
+        w.write(_DIGITS4[v % 10000])
+    else:
+        _int_digits(w, v)
+
+
+def _int_digits(w: BytesWriter, v: i64) -> None:
     # The digits backwards, then turned around in place: no object made.
     start: i64 = len(w)
     while v:
@@ -207,6 +247,55 @@ def _int(w: BytesWriter, n: int) -> None:
         w[j] = d
         i += 1
         j -= 1
+
+
+def _float(w: BytesWriter, f: float) -> None:
+    """Append ``orjson.dumps(f)``: a timestamp's digits by table, else orjson's.
+
+    orjson writes the shortest decimal that reads back as ``f``. Between
+    2**12 and 2**33 (Unix times among them) a double's unit in the last place
+    is at most 2**-20, finer than a microsecond, so if the number written to
+    six decimals (trailing zeros dropped) reads back as ``f`` it is that
+    shortest decimal: one with fewer decimals lies at least its last digit's
+    unit away, farther than ``f``'s neighbours. Whether it reads back is
+    decided exactly, in integers: the decimal ``whole + u / 10**6`` and
+    ``f = whole + big / 2**e`` must lie less than half a unit, ``2**-e / 2``,
+    apart. Anything else (other ranges, more decimals, a tie) goes to orjson.
+    """
+    if 4096.0 <= f < 8589934592.0:
+        n = int(f)
+        whole: i64 = n
+        frac = f - float(whole)  # exact: a double's fraction is a double
+        e: i64 = 53 - n.bit_length()  # f's last place is 2**-e
+        scale: i64 = 1
+        scale <<= e  # not 1 << e: compiled, that shifts a C int, 32 bits wide
+        big: i64 = int(frac * float(scale))  # exact: a power of two
+        u: i64 = int(frac * 1e6 + 0.5)
+        gap: i64 = u * scale - big * 1000000
+        if -500000 < gap < 500000 and u < 1000000:
+            # The seconds' text, the point with it, from the two kept last:
+            # a connection's changes happen mostly in its first packet's second
+            # or its last one's.
+            seconds = _SECONDS
+            if whole == seconds.whole:
+                w.write(seconds.text)
+            elif whole == seconds.other_whole:
+                w.write(seconds.other_text)
+                seconds.swap()
+            else:
+                seconds.other_whole = whole
+                seconds.other_text = b"%d." % n
+                w.write(seconds.other_text)
+                seconds.swap()
+            hi = u // 100
+            lo = u % 100
+            if lo == 0:
+                w.write(_FRACTION4[hi])
+            else:
+                w.write(_DIGITS4[hi])
+                w.write(_FRACTION2[lo])
+            return
+    w.write(_dumps(f))
 
 
 def _opt_int(w: BytesWriter, n: int | None) -> None:
