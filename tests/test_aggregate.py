@@ -343,3 +343,25 @@ def test_events_group_each_items_values_in_order() -> None:
         ("2001:db8::1", "10.0.0.9", 80): [7.0],
     }
     assert addrs.names == ["10.0.0.1", "10.0.0.9", "2001:db8::1"]
+
+
+def test_events_keep_every_value_across_batches() -> None:
+    # _Events holds its latest values in lists and packs them into its arrays
+    # every _BATCH values: across several batches, and after an items() that
+    # packed a part batch, nothing is lost or reordered.
+    from fintrace.aggregate import _BATCH, _Addresses, _Events
+
+    addrs = _Addresses()
+    ev = _Events()
+    want: dict[tuple[str, str | None, int], list[float]] = {}
+    n = 2 * _BATCH + 7
+    for i in range(n):
+        item = (f"10.0.{i % 3}.1", None if i % 5 == 0 else "10.9.0.9", 1024 + i % 7)
+        value = i * 0.5
+        ev.add(addrs, item, value)
+        want.setdefault(item, []).append(value)
+        if i == _BATCH + 3:
+            assert len(ev) == i + 1
+            assert sum(len(v) for _, v in ev.items(addrs)) == i + 1
+    assert len(ev) == n
+    assert dict(ev.items(addrs)) == want
