@@ -243,7 +243,7 @@ def test_any_float_is_written_as_orjson_writes_it(f: float) -> None:
 
 
 def test_integers_are_written_as_orjson_writes_them() -> None:
-    # Four digits at a time from a table below 10**12, digit by digit above.
+    # Eight digits to a word: around every power of ten, and at random.
     edges = [10**k + d for k in range(19) for d in (-1, 0, 1)] + [2**62 - 1]
     rng = random.Random(2)
     values = edges + [rng.randrange(10 ** rng.randrange(1, 19)) for _ in range(20000)]
