@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
-#: The package's directory. (os.path, not pathlib: pathlib costs 6 ms of
-#: every start, and nothing else fintrace analyze needs imports it.)
+#: The package's directory. (os.path, not pathlib: pathlib costs 6 ms of a
+#: start, and nothing else ``fintrace analyze --format jsonl`` imports it.)
 PACKAGE = os.path.dirname(os.path.realpath(__file__))
 
 
