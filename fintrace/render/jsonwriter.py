@@ -30,7 +30,7 @@ _dumps: Final = orjson.dumps
 #: values. Cleared when full, as pipeline.ip_text's cache is.
 _STRINGS: Final[dict[str, bytes]] = {}
 _STRINGS_MAX: Final = 1 << 16
-#: The largest integer written digit by digit: compiled, comparing with it
+#: The largest integer the writer writes itself: compiled, comparing with it
 #: is one machine comparison (a larger one is a Python object).
 _SMALL_MAX: Final = (1 << 62) - 1
 
