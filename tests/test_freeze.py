@@ -10,6 +10,7 @@ capture in ``captures/`` and the shared corpus gives the same output.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -226,6 +227,25 @@ def test_every_kind_of_float_survives_freezing() -> None:
         conn.reuse = (2, values[-1])
         copy = thaw(freeze(conn), conn.a.key, conn.b.key)
         assert repr(state(copy)) == repr(state(conn)), shift
+
+
+def test_the_times_of_a_connection_cost_about_half_their_size() -> None:
+    # After the first, each distinct time is stored as its bits XOR the first's:
+    # times seconds apart share sign, exponent and leading digits, so a new one
+    # costs its index tag and a 4-byte varint (9 bytes when each was 8 bytes).
+    def frozen_size(distinct: int) -> int:
+        conn = Tracker(3, 0, b"k" * 12, b"K" * 12, 10, 1_700_000_000.000001)
+        slots = _float_slots(conn)[1:]
+        for i, (obj, name) in enumerate(slots):
+            setattr(obj, name, 1_700_000_000.000001 + 0.123457 * min(i, distinct))
+        blob = freeze(conn)
+        copy = thaw(blob, conn.a.key, conn.b.key)
+        assert repr(state(copy)) == repr(state(conn))
+        return len(blob)
+
+    sizes = [frozen_size(k) for k in range(1, 9)]
+    growth = [b - a for a, b in itertools.pairwise(sizes)]
+    assert all(0 < g <= 5 for g in growth), growth
 
 
 def test_freezing_shrinks_a_tracker(analyze_trackers: list[Tracker]) -> None:
