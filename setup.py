@@ -148,7 +148,20 @@ def _ext_modules() -> list[object]:
     sources = _sources()
     _write_build_info(sources)
     _remove_stale(sources)
-    return list(mypycify(sources, opt_level="3", multi_file=True, group_name="fintrace"))
+    exts = list(mypycify(sources, opt_level="3", multi_file=True, group_name="fintrace"))
+    if sys.platform.startswith("linux"):
+        # GCC and Clang on Linux: the compiled code calls the C API, and its own
+        # functions across its C files, many times a packet. Without these,
+        # each call to libpython (a shared library in most builds) goes through
+        # a PLT stub, and each call between the C files through the PLT too, as
+        # if another library could replace them; with them, one indirect call
+        # through the GOT, or a direct call. On gen-160k (cachegrind): 2.9 %
+        # fewer instructions, 13 % fewer instruction-cache misses, 8 % fewer
+        # data-cache misses (docs/performance.md). Only the module's init
+        # functions need to be seen, and Python declares those visible itself.
+        for ext in exts:
+            ext.extra_compile_args += ["-fno-plt", "-fvisibility=hidden"]
+    return exts
 
 
 setup(ext_modules=_ext_modules(), cmdclass={"build_ext": ParallelBuildExt})
