@@ -9,7 +9,9 @@ one after the other, in a fresh process: ``Run.connections()`` into the JSON
 lines renderer, writing to ``/dev/null``, timed inside the process from the
 run's start to its end (no interpreter start-up), and the process's peak RSS.
 Prints every round, each build's best and median time and the range of its peaks,
-and the ratios of the best and of the median times and of the median peaks.
+the median of the rounds' own ratios (each round's two runs one after the other) and
+how many rounds this build won, and the ratios of the best and of the median times
+and of the median peaks.
 
 On a shared machine the speed of the processor's caches moves with what the
 other tenants do, by up to a third over minutes (``docs/performance.md``):
@@ -102,6 +104,15 @@ def main() -> None:
             f"{name:<5} best {best[name]:6.3f} s  median {median[name]:6.3f} s  "
             f"peak RSS {min(peaks[name]):.1f}-{max(peaks[name]):.1f} MiB  ({python})"
         )
+    # Each round's two runs came one after the other, on the machine as it then was:
+    # their ratios compare the builds where the machine's speed moves between rounds
+    # (by a third within minutes, docs/performance.md) more than the builds differ.
+    paired = [t / o for t, o in zip(times["this"], times["other"], strict=True)]
+    won = sum(1 for x in paired if x < 1)
+    print(
+        f"this / other, round by round: median {statistics.median(paired):.3f} of the time, "
+        f"this faster in {won} of {len(paired)} rounds"
+    )
     # The peak moves from run to run too (by up to 10 MB on gen-10m): its medians compare.
     peak = {name: statistics.median(p) for name, p in peaks.items()}
     print(f"this / other: {peak['this'] / peak['other']:.3f} of the peak RSS (median)")

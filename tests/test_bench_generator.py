@@ -288,6 +288,17 @@ def test_ab_compares_two_builds_by_best_and_median_time(tmp_path: Path) -> None:
         # The peak RSS of each round, a child's whole process: tens of MiB.
         assert all(5 < peak < 2000 for peak in peaks[name])
         assert words[9] == f"{min(peaks[name]):.1f}-{max(peaks[name]):.1f}"
+    # Round by round: the median of the rounds' own ratios, and how many this won.
+    # The demo's runs take about a millisecond, printed to 1 ms: the ratios cannot be
+    # recomputed from the rounds, but the median of three lies below 1 exactly when
+    # this won two rounds or three.
+    (by_round,) = [line for line in lines if line.startswith("this / other, round by round")]
+    words = by_round.split()
+    median_paired, won = float(words[7]), int(words[-4])
+    assert words[-3:] == ["of", "3", "rounds"] and 0 <= won <= 3
+    assert 0 < median_paired < 100
+    assert (median_paired < 1) == (won >= 2)
+    assert lines[-3] == by_round
     # The rounds print peaks to 0.1 MiB, the ratio comes from the exact ones.
     median_peak = {name: sorted(p)[1] for name, p in peaks.items()}
     ratio = lines[-2].removeprefix("this / other: ").removesuffix(" of the peak RSS (median)")
