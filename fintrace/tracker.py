@@ -23,11 +23,16 @@ what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Final
 
-from librt.strings import BytesWriter
-from mypy_extensions import mypyc_attr
+from librt.strings import (
+    BytesWriter,
+    read_f64_le,
+    read_i64_le,
+    write_f64_le,
+    write_i64_le,
+)
+from mypy_extensions import i64, mypyc_attr, u8
 
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
 from fintrace.model import Anomaly, State
@@ -631,16 +636,8 @@ _RUN: Final = 240
 _RUN_MAX: Final = 255
 
 
-#: The packers of n floats, for the n a tracker has (a format made per call costs
-#: more), and of their bit patterns.
-_REALS: Final = [struct.Struct(f"<{n}d") for n in range(40)]
-_BITS: Final = [struct.Struct(f"<{n}Q") for n in range(40)]
-
-
-def _packers(n: int) -> tuple[struct.Struct, struct.Struct]:
-    if n < len(_REALS):
-        return _REALS[n], _BITS[n]
-    return struct.Struct(f"<{n}d"), struct.Struct(f"<{n}Q")
+#: The top bit of a 64-bit pattern, as the signed number it is.
+_TOP_BIT: Final = -0x8000000000000000
 
 
 class _Freezing:
@@ -655,18 +652,30 @@ class _Freezing:
         self.run_end = -1
 
     def blob(self) -> bytes:
-        n = len(self.floats)
+        floats = self.floats
+        n = len(floats)
         head = _Freezing()
         head.varint(n)
         if n:
-            reals, bits = _packers(n)
-            packed = reals.pack(*self.floats)
-            head.out.write(packed[:8])
-            patterns = bits.unpack(packed)
-            first = patterns[0]
+            # Each float's 64 bits: written as a double, read back as an integer
+            # (compiled, machine stores and loads).
+            raw = BytesWriter()
+            for f in floats:
+                write_f64_le(raw, f)
+            bits = raw.getvalue()
+            head.out.write(bits[:8])
+            first = read_i64_le(bits, 0)
             for i in range(1, n):
-                head.varint(patterns[i] ^ first)
+                head.pattern(read_i64_le(bits, 8 * i) ^ first)
         return head.out.getvalue() + self.out.getvalue()
+
+    def pattern(self, x: i64) -> None:
+        """A 64-bit pattern (negative: its top bit set) as an unsigned varint."""
+        out = self.out
+        while x < 0 or x >= 0x80:
+            out.append(u8((x & 0x7F) | 0x80))  # u8: compiled, a C call, not a method's
+            x = (x >> 7) & 0x01FFFFFFFFFFFFFF  # the shift of an unsigned number
+        out.append(u8(x))
 
     def varint(self, n: int) -> None:
         out = self.out
@@ -780,15 +789,16 @@ class _Thawing:
         #: Defaults still to give out of the last run read.
         self.pending = 0
         n = self.varint()
-        self.floats: tuple[float, ...] = ()
+        self.floats: list[float] = []
         if n:
-            reals, bits = _packers(n)
-            first: int = _BITS[1].unpack_from(blob, self.pos)[0]
+            first = read_i64_le(blob, self.pos)
             self.pos += 8
-            patterns = [first]
+            raw = BytesWriter()
+            write_i64_le(raw, first)
             for _ in range(1, n):
-                patterns.append(self.varint() ^ first)
-            self.floats = reals.unpack(bits.pack(*patterns))
+                write_i64_le(raw, self.pattern() ^ first)
+            bits = raw.getvalue()
+            self.floats = [read_f64_le(bits, 8 * i) for i in range(n)]
 
     def varint(self) -> int:
         blob = self.blob
@@ -799,6 +809,30 @@ class _Thawing:
             byte = blob[pos]
             pos += 1
             n |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        self.pos = pos
+        return n
+
+    def pattern(self) -> i64:
+        """What :meth:`_Freezing.pattern` wrote."""
+        blob = self.blob
+        pos = self.pos
+        n: i64 = 0
+        shift: i64 = 0
+        while True:
+            byte: i64 = blob[pos]
+            pos += 1
+            part: i64 = byte & 0x7F
+            if shift == 63:
+                # The tenth byte holds the top bit alone: set as the sign, not by a
+                # shift past the range of a signed number.
+                if part:
+                    n |= _TOP_BIT
+                break
+            part <<= shift  # not part << shift: compiled, that shifts a C int, 32 bits wide
+            n |= part
             if byte < 0x80:
                 break
             shift += 7

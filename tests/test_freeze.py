@@ -229,6 +229,23 @@ def test_every_kind_of_float_survives_freezing() -> None:
         assert repr(state(copy)) == repr(state(conn)), shift
 
 
+def test_64_bit_patterns_survive_their_varint() -> None:
+    # The floats after the first are stored as their bits XOR the first's: any
+    # 64-bit pattern, the top bit (a sign) and a tenth byte included.
+    from fintrace.tracker import _Freezing, _Thawing
+
+    values = [0, 1, 0x7F, 0x80, 2**56, 2**62, 2**63 - 1, -1, -(2**63), -2, 0x0123456789ABCDEF]
+    w = _Freezing()
+    w.varint(0)  # no floats: what _Thawing reads first
+    for v in values:
+        w.pattern(v)
+    blob = w.out.getvalue()
+    assert len(blob) == 1 + 1 + 1 + 1 + 2 + 9 + 9 + 9 + 10 + 10 + 10 + 9
+    r = _Thawing(blob, 0)
+    assert [r.pattern() for _ in values] == values
+    assert r.pos == len(blob)
+
+
 def test_the_times_of_a_connection_cost_about_half_their_size() -> None:
     # After the first, each distinct time is stored as its bits XOR the first's:
     # times seconds apart share sign, exponent and leading digits, so a new one
