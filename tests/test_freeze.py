@@ -94,6 +94,27 @@ def test_idle_connections_of_the_incident_are_frozen_with_the_default() -> None:
     assert table.thaws == table.freezes
 
 
+def test_every_idle_connection_is_frozen_a_self_connect_too() -> None:
+    # _freeze_idle finds each connection by its side b, the one filed last: every
+    # open connection idle long enough must go, one from an address and port to
+    # themselves (one key, side b's) as well, and no other.
+    table = FlowTable()
+    me = _ipv4_key(0x0A000007, 0x0A000007, 40007, 40007)
+    segs: list[Segment] = [(1, 0.0, me, 100, 0, SYN, 0, 64240, 7)]
+    for i in range(50):
+        key = _ipv4_key(0x0A000001 + i, 0x0A000063, 40000 + i, 80)
+        segs.append((2 + i, 0.01 * i, key, 1000, 0, SYN, 0, 64240, 7))
+    # One that keeps sending: not idle when the others are frozen.
+    busy = _ipv4_key(0x0A0000AA, 0x0A000063, 50000, 80)
+    segs += [(60, 0.5, busy, 7, 0, SYN, 0, 64240, 7), (61, 29.9, busy, 7, 0, SYN, 0, 64240, 7)]
+    segs.append((62, 40.0, _ipv4_key(0x0A0000BB, 0x0A000063, 50001, 80), 9, 0, SYN, 0, 64240, 7))
+    assert not list(table.consume(segs))
+    assert table.freezes == 51 and len(table.frozen) == 51
+    assert me in table.frozen
+    left = {c.a.key for c in table._filed()}
+    assert left == {busy, _ipv4_key(0x0A0000BB, 0x0A000063, 50001, 80)}
+
+
 def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
     from fintrace.model import State
 
