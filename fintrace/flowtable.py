@@ -333,20 +333,16 @@ class FlowTable(SegmentSink):
         return conn
 
     def _filed(self) -> list[Tracker]:
-        """The connections in the table, each once, in the order filed (a connection
-        from an address and port to themselves is filed under one key)."""
-        return list(dict.fromkeys([h.conn for h in self.table.values()]))
+        """The connections in the table, each once, in the order filed: by side b,
+        filed with side a and the only one filed of a connection from an address
+        and port to themselves (one flow key)."""
+        return [c for h in self.table.values() if h is (c := h.conn).b]
 
     def _freeze_idle(self, now: float) -> None:
         """Open connections with no packet for :attr:`freeze_after` s become bytes."""
         limit = now - self.freeze_after
-        # Each connection once, by the side filed last (b: a connection from an
-        # address and port to themselves has only that one), read where it is:
-        # no list of them all made first.
         idle = [
-            c
-            for h in self.table.values()
-            if h is (c := h.conn).b and c.last_ts <= limit and not c.terminal and c.trace is None
+            c for c in self._filed() if c.last_ts <= limit and not c.terminal and c.trace is None
         ]
         frozen = self.frozen
         head = _FROZEN_HEAD.pack

@@ -663,8 +663,8 @@ class _Freezing:
             for f in floats:
                 write_f64_le(raw, f)
             bits = raw.getvalue()
-            head.out.write(bits[:8])
             first = read_i64_le(bits, 0)
+            write_i64_le(head.out, first)
             for i in range(1, n):
                 head.pattern(read_i64_le(bits, 8 * i) ^ first)
         return head.out.getvalue() + self.out.getvalue()
@@ -919,7 +919,7 @@ class _Thawing:
 
 
 def freeze(conn: Tracker) -> bytes:
-    """The tracker, but for its flow keys, as one bytes object (about 135 bytes, from 2.7 KB).
+    """The tracker, but for its flow keys, as one bytes object (about 136 bytes, from 2.7 KB).
 
     For a connection that has gone idle and may stay so until the capture
     ends: :func:`thaw` gives back an equal tracker when a segment comes.

@@ -239,7 +239,7 @@ def _digits(w: BytesWriter, v: i64, width: i64) -> None:
 
 
 def _float(w: BytesWriter, f: float) -> None:
-    """Append ``orjson.dumps(f)``: a timestamp's digits by table, else orjson's.
+    """Append ``orjson.dumps(f)``: a timestamp's digits written here, else orjson's.
 
     orjson writes the shortest decimal that reads back as ``f``. Between
     2**12 and 2**33 (Unix times among them) a double's unit in the last place
