@@ -242,6 +242,19 @@ def test_any_float_is_written_as_orjson_writes_it(f: float) -> None:
     assert number_bytes(f) == orjson.dumps(f)
 
 
+def test_every_lane_of_the_digit_word_is_written_whole() -> None:
+    # The eight digits are made in lanes of one word (four digits, then two,
+    # then one): every value of each half of four digits, alone and beside
+    # the other half at its extremes, each on its own and as the eight
+    # zero-padded digits after a number's first ones.
+    values: list[int] = []
+    for half in range(10000):
+        values += [half, half * 10000, half * 10000 + 9999, 99990000 + half]
+        values += [10**8 + half * 10000 + half, 10**16 + half * 10001]
+    wrong = [(n, number_bytes(n)) for n in values if number_bytes(n) != str(n).encode()]
+    assert wrong == []
+
+
 def test_integers_are_written_as_orjson_writes_them() -> None:
     # Eight digits to a word: around every power of ten, and at random.
     edges = [10**k + d for k in range(19) for d in (-1, 0, 1)] + [2**62 - 1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 import orjson
-from librt.strings import BytesWriter, write_i64_be
+from librt.strings import BytesWriter, write_i64_le
 from mypy_extensions import i64, u8
 
 from fintrace.model import Connection, Endpoint
@@ -222,18 +222,39 @@ def _int(w: BytesWriter, n: int) -> None:
 def _digits(w: BytesWriter, v: i64, width: i64) -> None:
     """Append ``v`` (below 10**8) in decimal, zero-padded to ``width`` digits.
 
-    The digits are gathered in one 8-byte word, the first in its top byte, and
-    written at once; the bytes past the last digit are cut off again. (A
-    table of digit strings cost fewer instructions but more time: its 30,000
-    objects, read at random, missed the processor's caches.)
+    All eight digits are made at once in one 64-bit word, a digit a byte, the
+    first in the lowest byte (so written little-endian): the word holds the
+    two halves of four digits in its two 32-bit lanes, then the four pairs
+    of digits in 16-bit lanes, then the digits, each lane divided by 100 or
+    10 by a multiplication and a shift that are exact for a lane's range
+    (``x * 10486 >> 20`` is ``x // 100`` below 43,699; ``x * 103 >> 10`` is
+    ``x // 10`` below 179), with no lane reaching into the next. The leading
+    zeros are shifted out and the bytes past the last digit cut off again.
+    (A division by ten a digit cost about 200 instructions a number; a table
+    of digit strings fewer, but more time: its 30,000 objects, read at
+    random, missed the processor's caches.)
     """
-    word: i64 = 0
-    count: i64 = 0
-    while v or count < width or count == 0:
-        word = word >> 8 | (48 + v % 10) << 56
-        v //= 10
-        count += 1
-    write_i64_be(w, word)
+    count: i64 = width
+    if v >= 10000000:
+        count = 8
+    elif count < 7 and v >= 10:
+        digits: i64 = 2
+        scale: i64 = 100
+        while v >= scale:
+            digits += 1
+            scale *= 10
+        count = max(count, digits)
+    elif count == 0:
+        count = 1
+    high = v // 10000
+    x: i64 = high | (v - high * 10000) << 32
+    q = (x * 10486 >> 20) & 0x0000007F0000007F
+    x = q | (x - q * 100) << 16
+    q = (x * 103 >> 10) & 0x000F000F000F000F
+    x = (q | (x - q * 10) << 8) + 0x3030303030303030
+    if count < 8:
+        x >>= (8 - count) * 8
+    write_i64_le(w, x)
     if count < 8:
         w.truncate(len(w) - 8 + count)
 
