@@ -128,9 +128,8 @@ def _first_frame(conn: Tracker, h: Half) -> float:
     """Frame of the side's first segment: its first recorded state change."""
     if h is conn.a:
         return conn.first_frame
-    on_b = h is conn.b
     for m in conn.transitions:
-        if m.on_b == on_b:
+        if conn.half_of(m) is h:
             return m.frame
     return math.inf
 

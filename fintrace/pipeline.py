@@ -318,14 +318,17 @@ class Run:
             files = tuple(
                 FileSpan(self._capture_name(s[0]), s[1], s[2], s[3], s[4]) for s in conn.spans()
             )
-        on_b = client is conn.b
         reuse = conn.reuse
-        transitions = tuple(
-            [
-                Transition(CLIENT if m.on_b == on_b else SERVER, m.state, m.frame, m.ts)
-                for m in conn.transitions
-            ]
-        )
+        if client is conn.a:
+            # The tracker's records name side a the client: they are the report's.
+            transitions = tuple(conn.transitions)
+        else:
+            transitions = tuple(
+                [
+                    Transition(SERVER if t.side is CLIENT else CLIENT, t.state, t.frame, t.ts)
+                    for t in conn.transitions
+                ]
+            )
         c = Connection(
             conn.stream,
             files[0].capture,

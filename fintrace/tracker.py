@@ -17,8 +17,10 @@ transitions of ``../shared/TEARDOWN.md``:
 Within one segment the acknowledgement is applied before the FIN, and each
 side's own transition before its peer's. An ACK captured before the FIN it
 covers is applied when the FIN appears. Every transition is kept with its
-frame and timestamp. :mod:`fintrace.classify` decides the close type from
-what is recorded here, once, at the end; ``docs/taxonomy.md`` explains both.
+frame and timestamp, as the :class:`~fintrace.model.Transition` record the
+report gives (one object a change, made once: ``docs/performance.md``).
+:mod:`fintrace.classify` decides the close type from what is recorded here,
+once, at the end; ``docs/taxonomy.md`` explains both.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from librt.strings import (
     write_f64_le,
     write_i64_le,
 )
-from mypy_extensions import i64, mypyc_attr, u8
+from mypy_extensions import i64, u8
 
 from fintrace.decode import ACK, BOGUS_HEADER, COUNT_ONLY, FIN, QUOTED, RST, SYN
-from fintrace.model import Anomaly, State
+from fintrace.model import Anomaly, Role, State, Transition
 
 M32: Final = 0xFFFFFFFF
 HALF: Final = 0x80000000
@@ -54,6 +56,9 @@ LAST_ACK: Final = State.LAST_ACK
 TIME_WAIT: Final = State.TIME_WAIT
 CLOSED: Final = State.CLOSED
 RESET: Final = State.RESET
+#: A transition's side: side a's are the client's, side b's the server's.
+_CLIENT: Final = Role.CLIENT
+_SERVER: Final = Role.SERVER
 
 #: A side acknowledges its peer's FIN.
 _ON_ACKING_FIN: Final = {
@@ -197,28 +202,6 @@ class Half:
         return max(self.win << self.wscale, 65535)
 
 
-@mypyc_attr(acyclic=True)
-class Move:
-    """A side's state change: to ``state``, at ``frame`` (``ts``); side b's if ``on_b``.
-
-    One object, its numbers inside it (a tuple would hold an int and a float
-    object besides): fewer allocations, and one cache line to read when the
-    connection is written out, long after. It names its side by a flag, not
-    by the :class:`Half`, so that it refers to nothing that could lead back
-    to it: compiled, it is *acyclic*, outside the cycle collector's lists,
-    made and freed without linking it into them (a connection makes about
-    ten; ``docs/performance.md``). :meth:`Tracker.half_of` gives the side.
-    """
-
-    __slots__ = ("frame", "on_b", "state", "ts")
-
-    def __init__(self, on_b: bool, state: State, frame: int, ts: float) -> None:
-        self.on_b = on_b
-        self.state = state
-        self.frame = frame
-        self.ts = ts
-
-
 class Tracker:
     """The mechanics of one connection (one Wireshark ``tcp.stream``)."""
 
@@ -242,7 +225,11 @@ class Tracker:
         self.terminal = False  # RST seen, or both FINs acknowledged
         self.established = False
         self.started = False  # a segment that can move a state was seen
-        self.transitions: list[Move] = []
+        #: Every state change, as the record the report gives it in, made once:
+        #: side a's as the client's, side b's as the server's. When
+        #: :func:`~fintrace.classify.roles` finds the client on side b, the
+        #: pipeline makes them anew with the sides the other way round.
+        self.transitions: list[Transition] = []
         self.anomalies: dict[str, int] | None = None
         self.first_fin: Half | None = None
         self.rst_from: Half | None = None
@@ -278,14 +265,16 @@ class Tracker:
             self.anomalies = {}
         self.anomalies[anomaly] = self.anomalies.get(anomaly, 0) + 1
 
-    def half_of(self, m: Move) -> Half:
-        """The side whose state change ``m`` is."""
-        return self.b if m.on_b else self.a
+    def half_of(self, m: Transition) -> Half:
+        """The side whose state change ``m`` is (side b's are the server's here)."""
+        return self.b if m.side is _SERVER else self.a
 
     def _move(self, half: Half, state: State, frame: int, ts: float) -> None:
         if half.state is not state:
             half.state = state
-            self.transitions.append(Move(half is self.b, state, frame, ts))
+            self.transitions.append(
+                Transition(_SERVER if half is self.b else _CLIENT, state, frame, ts)
+            )
             if state is ESTABLISHED:
                 self.established = True
 
@@ -999,7 +988,7 @@ def freeze(conn: Tracker) -> bytes:
     moves = conn.transitions
     w.varint(len(moves))
     for m in moves:
-        w.number((16 if m.on_b else 0) + code[m.state], -1)
+        w.number((16 if m.side is _SERVER else 0) + code[m.state], -1)
         w.frame(m.frame, first)
         w.seconds(m.ts)
     return w.blob()
@@ -1069,11 +1058,12 @@ def thaw(blob: bytes, key_a: bytes, key_b: bytes, start: int = 0) -> Tracker:
     anomalies = r.value()
     conn.anomalies = None if anomalies is None else {Anomaly(k): n for k, n in anomalies.items()}
     conn.file_spans = r.value()
-    moves: list[Move] = []
+    moves: list[Transition] = []
     for _ in range(r.varint()):
         side_state = r.number(-1)
         frame = r.frame(first)
-        moves.append(Move(side_state >= 16, states[side_state & 15], frame, r.seconds()))
+        side = _SERVER if side_state >= 16 else _CLIENT
+        moves.append(Transition(side, states[side_state & 15], frame, r.seconds()))
     conn.transitions = moves
     conn.trace = None
     return conn

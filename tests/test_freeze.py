@@ -20,9 +20,10 @@ import pytest
 
 from fintrace.decode import ACK, SYN, Segment
 from fintrace.flowtable import FREEZE_AFTER, FlowTable
+from fintrace.model import Anomaly, Role, State, Transition
 from fintrace.pipeline import AnalyzeOptions, analyze
 from fintrace.render.jsonout import connection_dict
-from fintrace.tracker import HALF_FIELDS, TABLE_FIELDS, TRACKER_FIELDS, Move, Tracker, freeze, thaw
+from fintrace.tracker import HALF_FIELDS, TABLE_FIELDS, TRACKER_FIELDS, Tracker, freeze, thaw
 
 from conftest import CAPTURES, capture_files, corpus_files
 
@@ -116,8 +117,6 @@ def test_every_idle_connection_is_frozen_a_self_connect_too() -> None:
 
 
 def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
-    from fintrace.model import State
-
     # The frozen form packs a transition's side and state in one number: side × 16 + state.
     assert len(State) <= 16
     assert analyze_trackers
@@ -129,12 +128,10 @@ def test_a_frozen_tracker_thaws_equal(analyze_trackers: list[Tracker]) -> None:
         assert repr(state(copy)) == repr(state(conn))
         assert copy.a.peer is copy.b and copy.b.conn is copy
         for m, was in zip(copy.transitions, conn.transitions, strict=True):
-            assert m.on_b == was.on_b
+            assert m.side is was.side
 
 
 def test_every_slot_survives_freezing() -> None:
-    from fintrace.model import Anomaly, State
-
     # A value of its own in every slot, none what a new tracker holds: a slot
     # that freeze() leaves out comes back as it started, and fails this.
     conn = Tracker(7, 1, b"k" * 12, b"K" * 12, 100, 1.5)
@@ -163,8 +160,8 @@ def test_every_slot_survives_freezing() -> None:
         "rst_phase": "closed",
         "file_spans": [[1, 7, 100, 180, 0], [2, 0, 1, 9, 40]],
         "transitions": [
-            Move(False, State.FIN_WAIT_1, 150, 2.5),
-            Move(True, State.CLOSE_WAIT, 151, 2.75),
+            Transition(Role.CLIENT, State.FIN_WAIT_1, 150, 2.5),
+            Transition(Role.SERVER, State.CLOSE_WAIT, 151, 2.75),
         ],
     }
     for name in TRACKER_FIELDS:
