@@ -159,8 +159,9 @@ def _ext_modules() -> list[object]:
         # fewer instructions, 13 % fewer instruction-cache misses, 8 % fewer
         # data-cache misses (docs/performance.md). Only the module's init
         # functions need to be seen, and Python declares those visible itself.
+        # mypycify gives all its extensions one list of arguments: a new one each.
         for ext in exts:
-            ext.extra_compile_args += ["-fno-plt", "-fvisibility=hidden"]
+            ext.extra_compile_args = [*ext.extra_compile_args, "-fno-plt", "-fvisibility=hidden"]
     return exts
 
 
