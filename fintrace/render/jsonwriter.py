@@ -234,27 +234,19 @@ def _digits(w: BytesWriter, v: i64, width: i64) -> None:
     of digit strings fewer, but more time: its 30,000 objects, read at
     random, missed the processor's caches.)
     """
-    count: i64 = width
-    if v >= 10000000:
-        count = 8
-    elif count < 7 and v >= 10:
-        digits: i64 = 2
-        scale: i64 = 100
-        while v >= scale:
-            digits += 1
-            scale *= 10
-        count = max(count, digits)
-    elif count == 0:
-        count = 1
+    digits: i64 = 1
+    scale: i64 = 10
+    while v >= scale:
+        digits += 1
+        scale *= 10
+    count = max(width, digits)
     high = v // 10000
     x: i64 = high | (v - high * 10000) << 32
     q = (x * 10486 >> 20) & 0x0000007F0000007F
     x = q | (x - q * 100) << 16
     q = (x * 103 >> 10) & 0x000F000F000F000F
     x = (q | (x - q * 10) << 8) + 0x3030303030303030
-    if count < 8:
-        x >>= (8 - count) * 8
-    write_i64_le(w, x)
+    write_i64_le(w, x >> (8 - count) * 8)
     if count < 8:
         w.truncate(len(w) - 8 + count)
 
