@@ -292,7 +292,12 @@ def _common_conn_state(conn: Tracker) -> str | None:
     capture:
 
     * both sent a FIN: each side is CLOSED, whatever the order: ``SF``;
+    * only one sent a FIN: that side is CLOSED, the other ESTABLISHED: ``S2``
+      when it is the originator, ``S3`` when the responder;
     * neither sent a FIN: both ESTABLISHED: ``S1``;
+    * neither sent a FIN, and one side sent RST after the responder's
+      SYN+ACK: that side is RESET, the other ESTABLISHED: ``RSTO`` when the
+      originator reset, ``RSTR`` when the responder did;
     * the responder's first and only flag was the RST: it is RESET, the
       originator still SYN_SENT: ``REJ``;
     * the responder sent nothing, the originator only SYNs: ``S0``.
@@ -309,19 +314,37 @@ def _common_conn_state(conn: Tracker) -> str | None:
     if rst is None:
         if seen & RST or not b.synack_frame or _first_frame(conn, b) != b.synack_frame:
             return None
+        a_fin = a.flags_seen & FIN
+        b_fin = b.flags_seen & FIN
         if a.fin_frame and b.fin_frame:
             return "SF"
         if not seen & FIN:
             return "S1"
+        # A FIN the tracker did not keep is replayed last: not this shape.
+        if a.fin_frame and not b_fin:
+            return "S2"
+        if b.fin_frame and not a_fin:
+            return "S3"
         return None
-    if (
-        rst is b
-        and not b.synack_frame
-        and not seen & FIN
-        and not a.flags_seen & RST
-        and _first_frame(conn, b) == conn.rst_frame
-    ):
-        return "REJ"
+    if seen & FIN:
+        return None
+    if rst is b:
+        if (
+            not b.synack_frame
+            and not a.flags_seen & RST
+            and _first_frame(conn, b) == conn.rst_frame
+        ):
+            return "REJ"
+        if (
+            b.synack_frame
+            and conn.rst_frame > b.synack_frame
+            and not a.flags_seen & RST
+            and _first_frame(conn, b) == b.synack_frame
+        ):
+            return "RSTR"
+        return None
+    if b.synack_frame and not b.flags_seen & RST and _first_frame(conn, b) == b.synack_frame:
+        return "RSTO"
     return None
 
 

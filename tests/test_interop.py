@@ -212,4 +212,41 @@ def test_the_common_shapes_shortcut_agrees_with_the_replay() -> None:
                 shortcut[common] += 1
                 assert common == replayed_conn_state(conn), (path.name, conn.stream)
     # The captures hold every shape the shortcut knows, so each is compared.
-    assert set(shortcut) == {"SF", "S1", "REJ", "S0"}, shortcut
+    assert set(shortcut) == {"SF", "S1", "S2", "S3", "REJ", "RSTO", "RSTR", "S0"}, shortcut
+
+
+def test_the_shortcut_leaves_a_flag_the_tracker_did_not_keep_to_the_replay() -> None:
+    """A FIN or RST a side sent but the tracker kept no frame of (it came after
+    the connection's RST) is one of the replay's late events, which can change
+    the verdict (a late FIN makes S2 or S3 an SF): the shortcut must not answer
+    for such a connection as if the flag were not there."""
+    from fintrace.decode import FIN, RST
+    from fintrace.interop import _common_conn_state, replayed_conn_state
+
+    from conftest import capture_files
+
+    planted: Counter[str] = Counter()
+    for path in capture_files():
+        for conn in _trackers(path):
+            before = _common_conn_state(conn)
+            if before is None:
+                continue
+            for h in (conn.a, conn.b):
+                for flag in (FIN, RST):
+                    kept = h.flags_seen
+                    if kept & flag:
+                        continue
+                    h.flags_seen = kept | flag
+                    sent = conn.a.bytes, conn.b.bytes
+                    # With and without payload: resets on both sides of a
+                    # connection that carried none are Zeek's REJ.
+                    for a_bytes, b_bytes in (sent, (0, 0)):
+                        conn.a.bytes, conn.b.bytes = a_bytes, b_bytes
+                        after = _common_conn_state(conn)
+                        if after is not None:
+                            replayed = replayed_conn_state(conn)
+                            assert after == replayed, (path.name, conn.stream, flag, a_bytes)
+                    conn.a.bytes, conn.b.bytes = sent
+                    planted[before] += 1
+                    h.flags_seen = kept
+    assert {"S2", "S3", "RSTO", "RSTR"} <= set(planted), planted
