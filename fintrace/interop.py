@@ -283,7 +283,7 @@ def _rst_before_other_flags(conn: Tracker, orig: Half) -> bool:
 
 
 def _common_conn_state(conn: Tracker) -> str | None:
-    """``conn_state`` of the four most common shapes, without the replay.
+    """``conn_state`` of the most common shapes, without the replay.
 
     Each shape starts with a plain SYN from the first packet's sender that
     the other side answers first with its SYN+ACK (or, refused, its RST) and

@@ -30,6 +30,10 @@ _dumps: Final = orjson.dumps
 #: values. Cleared when full, as pipeline.ip_text's cache is.
 _STRINGS: Final[dict[str, bytes]] = {}
 _STRINGS_MAX: Final = 1 << 16
+#: A transition's JSON from its side to its frame number's key, by state: one
+#: table for each side (see :func:`_side_state`).
+_CLIENT_STATES: Final[dict[str, bytes]] = {}
+_SERVER_STATES: Final[dict[str, bytes]] = {}
 #: The largest integer the writer writes itself: compiled, comparing with it
 #: is one machine comparison (a larger one is a Python object).
 _SMALL_MAX: Final = (1 << 62) - 1
@@ -125,19 +129,16 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     w.write(b',"server":')
     _opt_str(w, states.server)
     w.write(b'},"transitions":[')
-    first = True
+    sep = b'{"side":'
     for t in c.transitions:
-        w.write(b'{"side":' if first else b',{"side":')
-        first = False
-        _str(w, t.side)
-        w.write(b',"state":')
-        _str(w, t.state)
-        w.write(b',"frame":')
+        w.write(sep)
+        sep = b'},{"side":'
+        _side_state(w, t.side, t.state)
         _int(w, t.frame)
         w.write(b',"ts":')
         _float(w, t.ts)
-        w.write(b"}")
-    w.write(b'],"reused_tuple":')
+    # The last transition's brace with what follows the list.
+    w.write(b'}],"reused_tuple":' if c.transitions else b'],"reused_tuple":')
     reuse = c.reused_tuple
     if reuse is None:
         w.write(b"null")
@@ -319,6 +320,28 @@ def _str(w: BytesWriter, s: str) -> None:
         if len(_STRINGS) >= _STRINGS_MAX:
             _STRINGS.clear()
         _STRINGS[s] = text
+    w.write(text)
+
+
+def _side_state(w: BytesWriter, side: str, state: str) -> None:
+    """Append a transition's side and state up to its frame number's key: one
+    lookup and one write (a table for each side), not two and five."""
+    if side == "client":
+        table = _CLIENT_STATES
+    elif side == "server":
+        table = _SERVER_STATES
+    else:
+        _str(w, side)
+        w.write(b',"state":')
+        _str(w, state)
+        w.write(b',"frame":')
+        return
+    text = table.get(state)
+    if text is None:
+        text = _dumps(side) + b',"state":' + _dumps(state) + b',"frame":'
+        if len(table) >= _STRINGS_MAX:
+            table.clear()
+        table[state] = text
     w.write(text)
 
 
