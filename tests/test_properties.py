@@ -367,3 +367,23 @@ def test_crafted_capture_mirrored(path: Path, tmp_path: Path) -> None:
     assert conns
     expected = [mirrored_expectation(c) for c in conns]
     assert comparable(run_pipeline(mirror)) == comparable(expected)
+
+
+@given(
+    st.sampled_from([4, 16]).flatmap(
+        lambda n: st.tuples(
+            st.binary(min_size=n, max_size=n),
+            st.binary(min_size=n, max_size=n),
+            st.integers(0, 0xFFFF),
+            st.integers(0, 0xFFFF),
+        )
+    )
+)
+def test_reverse_key_swaps_the_addresses_and_the_ports(
+    flow: tuple[bytes, bytes, int, int],
+) -> None:
+    src, dst, sport, dport = flow
+    forward = src + dst + struct.pack(">HH", sport, dport)
+    backward = dst + src + struct.pack(">HH", dport, sport)
+    assert reverse_key(forward) == backward
+    assert reverse_key(backward) == forward
