@@ -67,11 +67,14 @@ from __future__ import annotations
 
 import heapq
 import math
-import struct
+import sys
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import astuple, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+from librt.strings import BytesWriter, write_f64_le, write_i64_le
+from mypy_extensions import i64, u8
 
 from fintrace.model import CloseType, Connection, Role, State
 
@@ -149,9 +152,12 @@ class _Addresses:
 #: The ``pair`` of an item with one address: the bit no two-address pair has.
 _ONE: Final = 1 << 63
 _LOW: Final = 0xFFFFFFFF
-#: How many values :class:`_Events` keeps in lists before its arrays take them.
+#: How many values :class:`_Events` keeps in byte buffers before its arrays take them.
 _BATCH: Final = 1024
-_pack: Final = struct.pack
+#: :data:`_ONE` as the 64-bit machine word it is stored as (its top bit).
+_ONE_WORD: Final[i64] = -0x8000000000000000
+#: The arrays hold native byte order; the buffers are written little-endian.
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
 #: An item of :class:`_Events`: one or two addresses, and a port. A service
 #: is one by what names it: ``(ip, None, port)`` for a server, ``(client ip,
@@ -171,44 +177,53 @@ class _Events:
     :meth:`items` groups them, once, for the summary.
     """
 
-    __slots__ = ("_pairs", "_ports", "_values", "pair", "port", "values")
+    __slots__ = ("_count", "_pairs", "_ports", "_values", "pair", "port", "values")
 
     def __init__(self) -> None:
         self.pair: array[int] = array("Q")
         self.port: array[int] = array("H")
         self.values: array[float] = array("d")
-        # The latest values, in lists: compiled, appending to a list is a
-        # call into C; to an array, a method looked up by name that parses
-        # its argument (about 700 instructions, three per value). Moved to
-        # the arrays in batches.
-        self._pairs: list[int] = []
-        self._ports: list[int] = []
-        self._values: list[float] = []
+        # The latest values, as machine words in byte buffers: compiled, each
+        # is a store (an array's append is a method looked up by name that
+        # parses its argument, about 700 instructions; a list's takes an
+        # object per value, and packing a batch of them for the arrays about
+        # 700 instructions a value). The arrays take a batch as one copy.
+        self._pairs = BytesWriter()
+        self._ports = BytesWriter()
+        self._values = BytesWriter()
+        self._count: i64 = 0
 
     def __len__(self) -> int:
-        return len(self.values) + len(self._values)
+        return len(self.values) + self._count
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """For pickle (``--jobs`` workers send theirs back): the arrays, the batch in them."""
+        self._flush()
+        return (_events, (self.pair, self.port, self.values))
 
     def add(self, addrs: _Addresses, item: _Item, value: float) -> None:
         first, second, port = item
+        pair: i64
         if second is None:
-            self._pairs.append(_ONE | addrs.id(first))
+            pair = _ONE_WORD | addrs.id(first)
         else:
-            self._pairs.append(addrs.id(first) << 32 | addrs.id(second))
-        self._ports.append(port)
-        self._values.append(value)
-        if len(self._values) >= _BATCH:
+            pair = addrs.id(first) << 32 | addrs.id(second)
+        write_i64_le(self._pairs, pair)
+        ports = self._ports
+        ports.append(u8(port & 0xFF))
+        ports.append(u8(port >> 8))
+        write_f64_le(self._values, value)
+        self._count += 1
+        if self._count >= _BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        # Packed by struct: an array takes a list's floats one by one through
-        # argument parsing, about 500 instructions each.
-        n = len(self._values)
-        self.pair.frombytes(_pack(f"{n}Q", *self._pairs))
-        self.port.frombytes(_pack(f"{n}H", *self._ports))
-        self.values.frombytes(_pack(f"{n}d", *self._values))
-        self._pairs.clear()
-        self._ports.clear()
-        self._values.clear()
+        if not self._count:
+            return
+        _take(self.pair, self._pairs)
+        _take(self.port, self._ports)
+        _take(self.values, self._values)
+        self._count = 0
 
     def extend(self, addrs: _Addresses, other: _Events, other_addrs: _Addresses) -> None:
         """Add ``other``'s values after these (item by item, each item's in its order)."""
@@ -250,6 +265,28 @@ class _Service:
     oldest_s: float = 0.0
     # Made when first needed.
     stuck_examples: _Examples | None = None
+
+
+def _events(pair: array[int], port: array[int], values: array[float]) -> _Events:
+    """An :class:`_Events` with these arrays (what pickle makes of one)."""
+    e = _Events()
+    e.pair = pair
+    e.port = port
+    e.values = values
+    return e
+
+
+def _take(a: array[Any], buf: BytesWriter) -> None:
+    """Move the little-endian machine words of ``buf`` to the end of ``a``."""
+    data = buf.getvalue()
+    buf.truncate(0)
+    if _BIG_ENDIAN:
+        words = array(a.typecode)
+        words.frombytes(data)
+        words.byteswap()
+        a.extend(words)
+    else:
+        a.frombytes(data)
 
 
 def _who(key: _Item) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -346,9 +347,11 @@ def test_events_group_each_items_values_in_order() -> None:
 
 
 def test_events_keep_every_value_across_batches() -> None:
-    # _Events holds its latest values in lists and packs them into its arrays
-    # every _BATCH values: across several batches, and after an items() that
-    # packed a part batch, nothing is lost or reordered.
+    # _Events holds its latest values in byte buffers and moves them into its
+    # arrays every _BATCH values: across several batches, after an items()
+    # that moved a part batch, and through pickle (how --jobs workers send
+    # theirs) with a part batch still in the buffers, nothing is lost or
+    # reordered.
     from fintrace.aggregate import _BATCH, _Addresses, _Events
 
     addrs = _Addresses()
@@ -364,4 +367,7 @@ def test_events_keep_every_value_across_batches() -> None:
             assert len(ev) == i + 1
             assert sum(len(v) for _, v in ev.items(addrs)) == i + 1
     assert len(ev) == n
+    sent = pickle.loads(pickle.dumps(ev))
+    assert len(sent) == n
+    assert dict(sent.items(addrs)) == want
     assert dict(ev.items(addrs)) == want
