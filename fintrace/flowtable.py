@@ -366,8 +366,20 @@ class FlowTable(SegmentSink):
     def _freeze_idle(self, now: float) -> None:
         """Open connections with no packet for :attr:`freeze_after` s become bytes."""
         limit = now - self.freeze_after
+        # Each connection once, by side b, as :meth:`_filed` lists them. A side
+        # b that sent a packet since ``limit`` rules its connection out before
+        # the tracker (most of the table, long out of the caches) is read: a
+        # side's last packet is its connection's or an earlier one (unless
+        # the capture's timestamps go backwards; then a connection is only
+        # frozen later, which changes no verdict: thawed, it is the same).
         idle = [
-            c for c in self._filed() if c.last_ts <= limit and not c.terminal and c.trace is None
+            c
+            for h in self.table.values()
+            if h.last_ts <= limit
+            and h is (c := h.conn).b
+            and c.last_ts <= limit
+            and not c.terminal
+            and c.trace is None
         ]
         frozen = self.frozen
         head = _FROZEN_HEAD.pack
