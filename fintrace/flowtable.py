@@ -144,8 +144,9 @@ class FlowTable(SegmentSink):
         self.remember = max(remember, linger)
         self.numbering_44 = numbering == "wireshark-4.4"
         self.table: dict[bytes, Half] = {}
-        #: What is left of finished connections, under both flow keys: looked
-        #: up only when :attr:`table` has nothing, which keeps that one small.
+        #: What is left of finished connections, filed once, under the lower of
+        #: their two flow keys: looked up only when :attr:`table` has nothing,
+        #: which keeps that one small.
         self.tombstones: dict[bytes, Tombstone] = {}
         #: Idle open connections as bytes, filed once, under the lower of their
         #: two flow keys: a segment finds one only when it misses :attr:`table`.
@@ -271,11 +272,10 @@ class FlowTable(SegmentSink):
         tomb = None
         rkey = b""
         if h is None:
-            tomb = self.tombstones.get(key)
-            if tomb is None:
-                rkey = reverse_key(key)
-                if self.frozen:
-                    h = self._thaw(key, rkey)
+            rkey = reverse_key(key)
+            tomb = self.tombstones.get(key if key < rkey else rkey)
+            if tomb is None and self.frozen:
+                h = self._thaw(key, rkey)
         if tomb is not None:
             reuse = None
             if tomb.capture == self.capture:
@@ -409,10 +409,11 @@ class FlowTable(SegmentSink):
         return conn.a if key == conn.a.key else conn.b
 
     def _bury(self, tomb: Tombstone) -> None:
+        key_a, key_b = tomb.key_a, tomb.key_b
+        lower = key_a if key_a < key_b else key_b
         tombstones = self.tombstones
-        for key in (tomb.key_a, tomb.key_b):
-            if tombstones.get(key) is tomb:
-                del tombstones[key]
+        if tombstones.get(lower) is tomb:
+            del tombstones[lower]
 
     def _expire(self, now: float) -> list[Tracker] | None:
         """Connections that ended and saw no packet for ``linger`` seconds."""
@@ -437,7 +438,8 @@ class FlowTable(SegmentSink):
             due = conn.last_ts + self.remember
             if due > now:
                 tomb = Tombstone(conn)
-                self.tombstones[tomb.key_a] = self.tombstones[tomb.key_b] = tomb
+                key_a, key_b = tomb.key_a, tomb.key_b
+                self.tombstones[key_a if key_a < key_b else key_b] = tomb
                 tombs.append((due, tomb))
         while tombs and tombs[0][0] <= now:
             _, tomb = tombs.popleft()
