@@ -636,7 +636,10 @@ class _Freezing:
         # A byte buffer: compiled, appending and rewriting its last byte are C
         # operations, and the result one copy (from a list, a conversion per byte).
         self.out = BytesWriter()
-        self.floats: dict[float, int] = {}
+        #: The distinct floats, in the order first written (a tracker has a
+        #: dozen or so: a list searched in turn is cheaper than a dictionary,
+        #: which hashes a new float object for each lookup).
+        self.floats: list[float] = []
         #: Where the last default (or run of them) ends: one written there extends it.
         self.run_end = -1
 
@@ -728,10 +731,18 @@ class _Freezing:
             self.real(v)
 
     def real(self, v: float) -> None:
-        """A float, as its index among the distinct ones (a time often recurs)."""
-        i = self.floats.get(v)
-        if i is None:
-            i = self.floats[v] = len(self.floats)
+        """A float, as its index among the distinct ones (a time often recurs).
+
+        Equal is ``==``, as a dictionary's keys would be: -0.0 is written as
+        the 0.0 before it, and a NaN never matches.
+        """
+        floats = self.floats
+        n = len(floats)
+        i = 0
+        while i < n and floats[i] != v:
+            i += 1
+        if i == n:
+            floats.append(v)
         if i < _RUN - _SMALL_FLOAT:
             self.out.append(_SMALL_FLOAT + i)
         else:
