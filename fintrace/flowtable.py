@@ -350,10 +350,13 @@ class FlowTable(SegmentSink):
         return conn.a
 
     def _remove(self, conn: Tracker) -> Tracker:
+        # Each side written out: compiled, a loop over the pair iterates a tuple.
         table = self.table
-        for half in (conn.a, conn.b):
-            if table.get(half.key) is half:
-                del table[half.key]
+        a, b = conn.a, conn.b
+        if table.get(a.key) is a:
+            del table[a.key]
+        if table.get(b.key) is b:
+            del table[b.key]
         conn.filed = False
         return conn
 
