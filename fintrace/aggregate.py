@@ -117,13 +117,19 @@ class _Examples:
 
     def add(self, capture: str, stream: int, score: float = 0.0) -> None:
         self.total += 1
-        # Equal scores: the earlier one ranks higher (-n is larger).
-        item = (score, -self._n, capture, stream)
-        self._n += 1
-        if len(self._heap) < MAX_EXAMPLES:
-            heapq.heappush(self._heap, item)
-        elif item > self._heap[0]:
-            heapq.heapreplace(self._heap, item)
+        heap = self._heap
+        n = self._n
+        self._n = n + 1
+        # Equal scores: the earlier one ranks higher (-n is larger), so once the
+        # heap is full a score no higher than its lowest cannot enter: no item
+        # made for it (a NaN compares as the item did, below).
+        if len(heap) >= MAX_EXAMPLES and score <= heap[0][0]:
+            return
+        item = (score, -n, capture, stream)
+        if len(heap) < MAX_EXAMPLES:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
 
     def as_dict(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -312,13 +318,36 @@ class _Waiter:
     examples: _Examples = field(default_factory=_Examples)
 
 
-@dataclass(slots=True)
 class _Resetter:
-    role: str
-    phases: Counter[str] = field(default_factory=Counter)
-    examples: _Examples = field(default_factory=_Examples)
-    lost_count: int = 0
-    lost_bytes: int = 0
+    """The resets one host sent (a plain class: compiled, a dataclass is made
+    through its generated Python ``__init__``)."""
+
+    __slots__ = ("examples", "lost_bytes", "lost_count", "phases", "role")
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.phases: dict[str, int] = {}
+        self.examples = _Examples()
+        self.lost_count = 0
+        self.lost_bytes = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """For pickle (``--jobs`` workers send theirs back): compiled, a class is
+        made through its ``__init__``, which needs the role."""
+        fields = (self.role, self.phases, self.examples, self.lost_count, self.lost_bytes)
+        return (_resetter, fields)
+
+
+def _resetter(
+    role: str, phases: dict[str, int], examples: _Examples, lost_count: int, lost_bytes: int
+) -> _Resetter:
+    """A :class:`_Resetter` with these fields (what pickle makes of one)."""
+    r = _Resetter(role)
+    r.phases = phases
+    r.examples = examples
+    r.lost_count = lost_count
+    r.lost_bytes = lost_bytes
+    return r
 
 
 def percentile(sorted_values: list[float] | array[float], q: float) -> float:
@@ -358,6 +387,10 @@ def _service_key(c: Connection, passive: Role) -> _Item:
     if passive is Role.SERVER:
         return (c.server.ip, None, c.server.port)
     return (c.client.ip, c.server.ip, c.server.port)
+
+
+def _count(item: tuple[str, int]) -> int:
+    return item[1]
 
 
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
@@ -419,7 +452,9 @@ class Aggregator:
         self.slowest: dict[_Item, _Examples] = {}
         self.fin_wait_2: Counter[str] = Counter()
         self.waiters: defaultdict[str, _Waiter] = defaultdict(_Waiter)
-        self.resets: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        #: Resets by sender role, then phase (plain dicts of counts: a Counter's
+        #: item set goes through a generic slot, compiled).
+        self.resets: dict[str, dict[str, int]] = {}
         self.resetters: dict[str, _Resetter] = {}
         self.reset_examples = _Examples()
         self.lost = _Examples()
@@ -469,7 +504,10 @@ class Aggregator:
         kind = c.close_type
         phase = "refused" if kind is CloseType.REFUSED else (c.reset_phase or "unknown")
         sender_role = str(c.reset_by)
-        self.resets[sender_role][phase] += 1
+        counts = self.resets.get(sender_role)
+        if counts is None:
+            counts = self.resets[sender_role] = {}
+        counts[phase] = counts.get(phase, 0) + 1
         self.reset_examples.add(c.capture, c.stream)
         sender = c.client if c.reset_by is Role.CLIENT else c.server
         r = self.resetters.get(sender.ip)
@@ -477,7 +515,7 @@ class Aggregator:
             r = self.resetters[sender.ip] = _Resetter(sender_role)
         elif r.role != sender_role:
             r.role = "both"  # the host is a client in some connections, a server in others
-        r.phases[phase] += 1
+        r.phases[phase] = r.phases.get(phase, 0) + 1
         r.examples.add(c.capture, c.stream, float(c.rst_lost_bytes))
         if c.rst_lost_bytes > 0:
             self.lost.add(c.capture, c.stream, float(c.rst_lost_bytes))
@@ -674,7 +712,8 @@ class Aggregator:
                 "host": ip,
                 "role": r.role,
                 "count": sum(r.phases.values()),
-                "phases": dict(r.phases.most_common()),
+                # Highest count first, ties in first-seen order (Counter.most_common).
+                "phases": dict(sorted(r.phases.items(), key=_count, reverse=True)),
                 "streams": r.examples.as_dict(),
             }
             for ip, r in self.resetters.items()
@@ -731,7 +770,7 @@ class Aggregator:
         self.reused_failed += other.reused_failed
         self.reuse_gaps.extend(other.reuse_gaps)
         for role, phases in other.resets.items():
-            self.resets[role].update(phases)
+            _add_counts(self.resets.setdefault(role, {}), phases)
         self._merge_examples(self.reset_examples, other.reset_examples)
         for ip, r in other.resetters.items():
             mine = self.resetters.get(ip)
@@ -739,7 +778,7 @@ class Aggregator:
                 mine = self.resetters[ip] = _Resetter(r.role)
             elif mine.role != r.role:
                 mine.role = "both"
-            mine.phases.update(r.phases)
+            _add_counts(mine.phases, r.phases)
             self._merge_examples(mine.examples, r.examples)
             mine.lost_count += r.lost_count
             mine.lost_bytes += r.lost_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 from typing import Any
 
 import pytest
@@ -371,3 +372,37 @@ def test_events_keep_every_value_across_batches() -> None:
     assert len(sent) == n
     assert dict(sent.items(addrs)) == want
     assert dict(ev.items(addrs)) == want
+
+
+def test_examples_keep_the_highest_scores_the_earliest_first_on_ties() -> None:
+    # Against a sort done here: the MAX_EXAMPLES highest scores, and among
+    # equal scores the earliest added; scores repeat (ties at the heap's edge)
+    # and arrive in no order.
+    from fintrace.aggregate import _Examples
+
+    rng = random.Random(7)
+    for trial in range(200):
+        ex = _Examples()
+        added = [(float(rng.choice([0, 1, 2, 3, 5, 8]) * rng.choice([1, 0.5])), i)
+                 for i in range(rng.randrange(0, 3 * MAX_EXAMPLES))]  # fmt: skip
+        for score, i in added:
+            ex.add(CAP, i, score)
+        want = sorted(added, key=lambda si: (-si[0], si[1]))[:MAX_EXAMPLES]
+        got = ex.as_dict().get(CAP, [])
+        assert got == sorted(i for _, i in want), trial
+        assert ex.total == len(added)
+
+
+def test_a_hosts_reset_phases_are_listed_highest_count_first() -> None:
+    # Ties keep the order first seen (as Counter.most_common lists them).
+    lb = Endpoint("10.0.0.5", 443)
+    phases = [ResetPhase.CLOSING, ResetPhase.HANDSHAKE, ResetPhase.ESTABLISHED,
+              ResetPhase.ESTABLISHED, ResetPhase.CLOSED]  # fmt: skip
+    s = summary(
+        *(conn(i, server=lb, close_type=CloseType.RESET, reset_by=Role.SERVER, reset_phase=p)
+          for i, p in enumerate(phases))
+    )  # fmt: skip
+    (host,) = s["resets"]["by_host"]
+    assert list(host["phases"].items()) == [
+        ("established", 2), ("closing", 1), ("handshake", 1), ("closed", 1),
+    ]  # fmt: skip
