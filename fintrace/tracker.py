@@ -792,9 +792,11 @@ class _Thawing:
 
     def __init__(self, blob: bytes, pos: int) -> None:
         self.blob = blob
-        self.pos = pos
+        # Machine integers (i64): compiled, the position's arithmetic and the
+        # byte at it are machine operations, not tagged ones.
+        self.pos: i64 = pos
         #: Defaults still to give out of the last run read.
-        self.pending = 0
+        self.pending: i64 = 0
         n = self.varint()
         self.floats: list[float] = []
         if n:
@@ -846,12 +848,13 @@ class _Thawing:
         self.pos = pos
         return n
 
-    def tag(self) -> int:
+    def tag(self) -> i64:
         if self.pending:
             self.pending -= 1
             return _DEFAULT
-        tag = self.blob[self.pos]
-        self.pos += 1
+        pos = self.pos
+        tag: i64 = self.blob[pos]
+        self.pos = pos + 1
         if tag >= _RUN:
             self.pending = tag - _RUN + 1  # a run of tag - _RUN + 2: this is the first
             return _DEFAULT
@@ -876,7 +879,7 @@ class _Thawing:
         tag = self.tag()
         return 0.0 if tag == _DEFAULT else self.real(tag)
 
-    def integer(self, tag: int) -> int:
+    def integer(self, tag: i64) -> int:
         if _SMALL <= tag < _SMALL_FLOAT:
             return tag - _SMALL
         if tag == _INT:
@@ -885,7 +888,7 @@ class _Thawing:
             return -self.varint()
         raise self._bad(tag)
 
-    def real(self, tag: int) -> float:
+    def real(self, tag: i64) -> float:
         if tag >= _SMALL_FLOAT:
             return self.floats[tag - _SMALL_FLOAT]
         if tag == _FLOAT:
