@@ -647,8 +647,9 @@ class _Freezing:
         #: dozen or so: a list searched in turn is cheaper than a dictionary,
         #: which hashes a new float object for each lookup).
         self.floats: list[float] = []
-        #: Where the last default (or run of them) ends: one written there extends it.
-        self.run_end = -1
+        #: Where the last default (or run of them) ends: one written there extends it
+        #: (a machine integer, as the buffer's length is).
+        self.run_end: i64 = -1
 
     def blob(self) -> bytes:
         floats = self.floats
@@ -686,7 +687,7 @@ class _Freezing:
     def default(self) -> None:
         """The value a new tracker starts with: a run of them is one byte."""
         out = self.out
-        n = len(out)
+        n: i64 = len(out)
         if self.run_end == n:
             last = out[n - 1]
             if last == _DEFAULT:
