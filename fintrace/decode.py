@@ -148,32 +148,37 @@ class Decoded:
 
 def window_scale(opts: bytes) -> int:
     """The shift count of a window-scale option in ``opts``, or -1."""
-    i = 0
-    n = len(opts)
-    while i < n:
-        kind = opts[i]
+    return _window_scale_in(opts, 0, len(opts))
+
+
+def _window_scale_in(buf: bytes, start: i64, end: i64) -> int:
+    """:func:`window_scale` of the options ``buf[start:end]``, read in place (``end``
+    at most ``len(buf)``): compiled, no slice made for them."""
+    i = start
+    while i < end:
+        kind = buf[i]
         if kind == 0:
             break
         if kind == 1:
             i += 1
             continue
-        if i + 1 >= n:
+        if i + 1 >= end:
             break
-        olen = opts[i + 1]
+        olen = buf[i + 1]
         if olen < 2:
             break
-        if kind == 3 and olen == 3 and i + 2 < n:
-            return min(opts[i + 2], 14)
+        if kind == 3 and olen == 3 and i + 2 < end:
+            return min(buf[i + 2], 14)
         i += olen
     return -1
 
 
-def _syn_window_scale(buf: bytes, tcp: int, hlen: int, end: int) -> int | None:
+def _syn_window_scale(buf: bytes, tcp: i64, hlen: i64, end: i64) -> int | None:
     """The window scale (or -1) of a SYN whose ``hlen``-byte TCP header starts at
     ``tcp``; None when the snap length cut its options (the general path says so)."""
     if tcp + hlen > end:
         return None
-    return window_scale(buf[tcp + 20 : tcp + hlen])
+    return _window_scale_in(buf, tcp + 20, tcp + hlen)
 
 
 # -- general path ---------------------------------------------------------------
