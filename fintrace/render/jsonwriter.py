@@ -86,9 +86,10 @@ _SECONDS: Final = _Seconds()
 def write_connection(w: BytesWriter, c: Connection) -> None:
     """Append ``orjson.dumps(connection_dict(c))``, byte for byte, to ``w``.
 
-    A value that is a constant itself (``true``, ``null``, an empty list, an
-    enumeration's string) goes out with the keys around it as one piece: a
-    write costs about a hundred instructions, whatever its length.
+    A value that is a constant itself (``true``, ``null``, an enumeration's
+    string, a capture name) goes out with the keys around it as one piece, and
+    a closing brace or bracket with the key after it: a write costs about a
+    hundred instructions, whatever its length.
     """
     w.write(b'{"stream":')
     _int(w, c.stream)
