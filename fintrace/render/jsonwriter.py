@@ -22,7 +22,7 @@ import orjson
 from librt.strings import BytesWriter, write_i64_le
 from mypy_extensions import i64, u8
 
-from fintrace.model import Connection
+from fintrace.model import Connection, Endpoint
 
 _dumps: Final = orjson.dumps
 
@@ -94,16 +94,8 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     w.write(b'{"stream":')
     _int(w, c.stream)
     _field(w, _CAPTURES, b',"capture":', c.capture)
-    client = c.client
-    w.write(b',"client":{"ip":')
-    _str(w, client.ip)
-    w.write(b',"port":')
-    _int(w, client.port)
-    server = c.server
-    w.write(b'},"server":{"ip":')
-    _str(w, server.ip)
-    w.write(b',"port":')
-    _int(w, server.port)
+    _endpoint(w, b',"client":{"ip":', c.client)
+    _endpoint(w, b'},"server":{"ip":', c.server)
     if c.roles_inferred:
         w.write(b'},"roles_inferred":true,"first_frame":')
     else:
@@ -128,25 +120,10 @@ def write_connection(w: BytesWriter, c: Connection) -> None:
     _field(w, _RESET_PHASES, b',"reset_phase":', c.reset_phase)
     _field(w, _TIME_WAITS, b',"time_wait":', c.time_wait)
     fins = c.fin_frames
-    fin = fins.client
-    if fin is None:
-        w.write(b',"fin_frames":{"client":null,"server":')
-    else:
-        w.write(b',"fin_frames":{"client":')
-        _int(w, fin)
-        w.write(b',"server":')
-    fin = fins.server
-    if fin is None:
-        w.write(b'null},"rst_frame":')
-    else:
-        _int(w, fin)
-        w.write(b'},"rst_frame":')
-    rst = c.rst_frame
-    if rst is None:
-        w.write(b'null,"half_close_bytes":')
-    else:
-        _int(w, rst)
-        w.write(b',"half_close_bytes":')
+    w.write(b',"fin_frames":{"client":')
+    _opt_int(w, fins.client, b'null,"server":', b',"server":')
+    _opt_int(w, fins.server, b'null},"rst_frame":', b'},"rst_frame":')
+    _opt_int(w, c.rst_frame, b'null,"half_close_bytes":', b',"half_close_bytes":')
     _int(w, c.half_close_bytes)
     close_wait = c.close_wait_s
     if close_wait is None:
@@ -367,6 +344,25 @@ def _side_state(w: BytesWriter, side: str, state: str) -> None:
             table.clear()
         table[state] = text
     w.write(text)
+
+
+def _endpoint(w: BytesWriter, opening: bytes, e: Endpoint) -> None:
+    """Append ``opening`` (up to the address's key) and the endpoint's address and
+    port; its closing brace goes out with the key after it."""
+    w.write(opening)
+    _str(w, e.ip)
+    w.write(b',"port":')
+    _int(w, e.port)
+
+
+def _opt_int(w: BytesWriter, n: int | None, null_after: bytes, after: bytes) -> None:
+    """Append ``n`` and ``after``; for None, ``null_after``: ``null`` and ``after``
+    as one piece."""
+    if n is None:
+        w.write(null_after)
+    else:
+        _int(w, n)
+        w.write(after)
 
 
 def _field(w: BytesWriter, pieces: dict[str | None, bytes], key: bytes, s: str | None) -> None:
